@@ -1,0 +1,28 @@
+"""Numbers fixed by the official X-NeMo release (see ../shared/docs/xnemo-reference.md)."""
+
+MODEL_FOLDER = "x-nemo"
+CHECKPOINT_FILES = {
+    "denoising_unet": "xnemo_denoising_unet",
+    "reference_unet": "xnemo_reference_unet",
+    "motion_encoder": "xnemo_motion_encoder",
+    "temporal_module": "xnemo_temporal_module",
+}
+
+MOTION_TOKENS = 32          # tokens per frame
+MOTION_TOKEN_DIM = 16       # width of each token
+FACE_FEATURE_DIM = 512      # raw FAN feature per frame
+MOTION_INPUT_SIZE = 224     # motion-encoder crop size
+TEMPORAL_MAX_FRAMES = 32    # temporal positional-encoding length: the longest window the temporal layers accept
+
+DEFAULT_STEPS = 35
+DEFAULT_CFG = 2.5
+DEFAULT_CONTEXT_LENGTH = 24
+DEFAULT_CONTEXT_OVERLAP = 4
+
+BETA_START = 0.00085
+BETA_END = 0.02             # X-NeMo trains with a noisier schedule than SD1.5 (0.012)
+NUM_TRAIN_TIMESTEPS = 1000
+LATENT_SCALE = 0.18215
+
+INIT_BLUR_KERNEL = 9
+INIT_BLUR_SIGMA = 18.0
