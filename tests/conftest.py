@@ -1,0 +1,61 @@
+"""Shared test set-up.
+
+The pack is imported under the fixed package name `xnemo_pack` (whatever the checkout folder is called), exactly as
+ComfyUI imports a custom node: as a package, with relative imports inside. ComfyUI's own source (`.comfyui/` or
+$COMFYUI_DIR) goes on sys.path so in-process tests use the real `comfy` package.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+COMFYUI_DIR = Path(os.environ.get("COMFYUI_DIR") or ROOT / ".comfyui").resolve()
+FIXTURE_DIR = Path(os.environ.get("XNEMO_FIXTURE_DIR") or ROOT.parent / "shared" / "fixtures" / "xnemo_tiny").resolve()
+MEDIA_DIR = (ROOT.parent / "shared" / "media").resolve()
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def _register_pack() -> None:
+    if "xnemo_pack" in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location("xnemo_pack", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["xnemo_pack"] = module
+    spec.loader.exec_module(module)
+
+
+if COMFYUI_DIR.is_dir() and str(COMFYUI_DIR) not in sys.path:
+    sys.path.insert(0, str(COMFYUI_DIR))
+_register_pack()
+
+
+@pytest.fixture(scope="session")
+def fixture_dir() -> Path:
+    if not (FIXTURE_DIR / "manifest.json").is_file():
+        pytest.fail(f"X-NeMo fixture set not found at {FIXTURE_DIR}: set XNEMO_FIXTURE_DIR or put ../shared beside the repo")
+    return FIXTURE_DIR
+
+
+@pytest.fixture(scope="session")
+def manifest(fixture_dir: Path) -> dict:
+    return json.loads((fixture_dir / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def media_dir() -> Path:
+    if not MEDIA_DIR.is_dir():
+        pytest.fail(f"test media not found at {MEDIA_DIR}")
+    return MEDIA_DIR
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
