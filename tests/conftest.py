@@ -31,8 +31,20 @@ def _register_pack() -> None:
     spec.loader.exec_module(module)
 
 
+def _cpu_when_no_gpu() -> None:
+    """In-process `comfy.model_management` picks CUDA unless told `--cpu`; say it when there is no GPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        from comfy.cli_args import args
+
+        args.cpu = True
+
+
 if COMFYUI_DIR.is_dir() and str(COMFYUI_DIR) not in sys.path:
     sys.path.insert(0, str(COMFYUI_DIR))
+if COMFYUI_DIR.is_dir():
+    _cpu_when_no_gpu()
 _register_pack()
 
 
