@@ -1,0 +1,263 @@
+"""The four official X-NeMo files: safe reading, telling them apart, and mapping their keys onto ComfyUI's UNet.
+
+The official loader uses `strict=False` for both denoising files, so a renamed prefix silently turns the motion or
+temporal layers into no-ops. Here every key is accounted for: missing or unexpected keys are an error that names
+them and the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .constants import CHECKPOINT_FILES, MODEL_FOLDER
+from .errors import CheckpointError
+
+log = logging.getLogger("xnemo")
+
+SAFE_SUFFIXES = (".safetensors", ".sft")
+PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
+SITE_KINDS = ("motion_modules", "temporal_modules")
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a checkpoint into CPU tensors without executing any pickled code.
+
+    `.safetensors` is read directly; `.pth` goes through `torch.load(weights_only=True)`, which refuses any pickle
+    that would import or call code. Every failure is a CheckpointError that names the file and what to do.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"X-NeMo checkpoint not found: {path}. Put the official files in ComfyUI/models/{MODEL_FOLDER}/ "
+            f"({', '.join(n + '.pth' for n in CHECKPOINT_FILES.values())}) and pick them in Load X-NeMo."
+        )
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path.name} is empty (0 bytes): the download was interrupted. Download it again.")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in SAFE_SUFFIXES:
+            import safetensors.torch
+
+            sd = safetensors.torch.load_file(str(path), device="cpu")
+        else:
+            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"Refused to load {path.name}: it contains pickled Python objects beyond plain tensors, which could run "
+            f"code on load ({str(e).splitlines()[0][:200]}). Use the official file, or convert a trusted copy to "
+            f".safetensors with `python -m xnemo_core.convert`."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as e:
+        raise CheckpointError(
+            f"Could not read {path.name}: the file is truncated or corrupt ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200] if str(e) else 'no detail'}). Download it again."
+        ) from None
+    return _as_flat_state_dict(sd, path.name)
+
+
+def _as_flat_state_dict(obj, name: str) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj:
+        raise CheckpointError(f"{name} holds a {type(obj).__name__}, not a state dict of tensors: wrong file?")
+    out = {}
+    for key, value in obj.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{name}: entry {key!r} is a {type(value).__name__}, not a tensor: wrong file?")
+        out[key.removeprefix("module.")] = value
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What each file is
+# ---------------------------------------------------------------------------------------------------------------
+
+def identify(sd: dict[str, torch.Tensor]) -> str:
+    """Which of the four X-NeMo files a state dict is (a key of CHECKPOINT_FILES), or "unknown"."""
+    keys = sd.keys()
+    if any(k.startswith("model.conv1.") for k in keys) and "final_proj.weight" in keys:
+        return "motion_encoder"
+    if keys and all(".temporal_modules." in k for k in keys):
+        return "temporal_module"
+    if "conv_in.weight" in keys:
+        if any(".motion_modules." in k for k in keys):
+            return "denoising_unet"
+        if "conv_out.weight" not in keys and not any(".temporal_modules." in k for k in keys):
+            return "reference_unet"
+    return "unknown"
+
+
+def expect_kind(sd: dict[str, torch.Tensor], kind: str, name: str) -> None:
+    found = identify(sd)
+    if found != kind:
+        hint = f"it looks like {CHECKPOINT_FILES[found]}" if found in CHECKPOINT_FILES else "it is not an X-NeMo file"
+        raise CheckpointError(
+            f"{name} was given as the {kind.replace('_', ' ')} but {hint}. Pick {CHECKPOINT_FILES[kind]}.pth "
+            f"(or .safetensors) for this input."
+        )
+
+
+def check_keys(expected: dict[str, torch.Size], found: dict[str, torch.Tensor], name: str) -> None:
+    """Strict key and shape check with a message naming every difference."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(found) if tuple(expected[k]) != tuple(found[k].shape))
+    if not (missing or unexpected or wrong):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing: {_listing(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected: {_listing(unexpected)}")
+    if wrong:
+        parts.append(
+            f"{len(wrong)} with another shape: "
+            + _listing([f"{k} expected {tuple(expected[k])} found {tuple(found[k].shape)}" for k in wrong])
+        )
+    raise CheckpointError(
+        f"{name} does not match the X-NeMo architecture ({'; '.join(parts)}). The file is from another model or "
+        f"another version: use the official X-NeMo files, all four from the same release."
+    )
+
+
+def _listing(items: list[str], limit: int = 12) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def check_float_dtypes(sd: dict[str, torch.Tensor], name: str) -> None:
+    """Weights must be floating point (int64 counters such as BatchNorm's num_batches_tracked are allowed)."""
+    bad = [k for k, v in sd.items() if not v.is_floating_point() and not k.endswith("num_batches_tracked")]
+    if bad:
+        raise CheckpointError(
+            f"{name} stores weights as {sd[bad[0]].dtype} ({_listing(bad)}); X-NeMo weights are float16/bfloat16/"
+            f"float32. The file is damaged or was quantised by another tool: use the official file."
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Denoising / reference UNet: diffusers keys -> ComfyUI UNet config and keys
+# ---------------------------------------------------------------------------------------------------------------
+
+SITE_KEY = re.compile(r"^(down_blocks\.\d+|mid_block|up_blocks\.\d+)\.(motion_modules|temporal_modules)\.(\d+)\.(.+)$")
+
+
+def split_sites(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
+    """Split a denoising-UNet state dict into the plain SD UNet part and the X-NeMo site weights."""
+    base: dict[str, torch.Tensor] = {}
+    sites: dict[str, dict[str, torch.Tensor]] = {kind: {} for kind in SITE_KINDS}
+    for key, value in sd.items():
+        m = SITE_KEY.match(key)
+        if m:
+            sites[m.group(2)][key] = value
+        else:
+            base[key] = value
+    return base, sites
+
+
+def _count(sd, pattern: str) -> int:
+    n = 0
+    while any(k.startswith(pattern.format(n)) for k in sd):
+        n += 1
+    return n
+
+
+@dataclass(frozen=True)
+class UNetShape:
+    """Sizes of an SD1.5-topology UNet read from its diffusers weights (tiny and full-size checkpoints alike)."""
+
+    model_channels: int
+    channel_mult: tuple[int, ...]
+    num_res_blocks: int
+    context_dim: int
+    in_channels: int
+    attention_levels: tuple[bool, ...]
+    has_output: bool
+
+    def comfy_config(self) -> dict:
+        levels = len(self.channel_mult)
+        depth_in, depth_out = [], []
+        for level in range(levels):
+            d = 1 if self.attention_levels[level] else 0
+            depth_in += [d] * self.num_res_blocks
+        for level in range(levels):  # ComfyUI pops this list from the end while building the up path
+            d = 1 if self.attention_levels[level] else 0
+            depth_out += [d] * (self.num_res_blocks + 1)
+        return {
+            "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+            "legacy": False, "adm_in_channels": None, "in_channels": self.in_channels,
+            "model_channels": self.model_channels, "num_res_blocks": [self.num_res_blocks] * levels,
+            "transformer_depth": depth_in, "channel_mult": list(self.channel_mult), "transformer_depth_middle": 1,
+            "use_linear_in_transformer": False, "context_dim": self.context_dim, "num_heads": 8,
+            "num_head_channels": -1, "transformer_depth_output": depth_out, "use_temporal_attention": False,
+            "use_temporal_resblock": False,
+        }
+
+
+def unet_shape(sd: dict[str, torch.Tensor], name: str) -> UNetShape:
+    """Read an SD1.5-topology UNet's sizes from diffusers-format weights (8 heads, as in the official config)."""
+    try:
+        model_channels = sd["conv_in.weight"].shape[0]
+        in_channels = sd["conv_in.weight"].shape[1]
+        levels = _count(sd, "down_blocks.{}.")
+        num_res_blocks = _count(sd, "down_blocks.0.resnets.{}.")
+        mult, attn = [], []
+        for level in range(levels):
+            out_ch = sd[f"down_blocks.{level}.resnets.0.conv1.weight"].shape[0]
+            mult.append(out_ch // model_channels)
+            attn.append(f"down_blocks.{level}.attentions.0.proj_in.weight" in sd)
+        context_dim = sd["down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"].shape[1]
+    except KeyError as e:
+        raise CheckpointError(f"{name} is not an SD1.5-style UNet: key {e.args[0]} is missing.") from None
+    if levels == 0 or num_res_blocks == 0:
+        raise CheckpointError(f"{name} has no down blocks: not an X-NeMo UNet file.")
+    return UNetShape(model_channels, tuple(mult), num_res_blocks, context_dim, in_channels, tuple(attn),
+                     "conv_out.weight" in sd)
+
+
+def diffusers_to_comfy_keys(shape: UNetShape) -> dict[str, str]:
+    """Map diffusers UNet keys to ComfyUI `diffusion_model` keys for this shape (ComfyUI's own table)."""
+    import comfy.utils
+
+    mapping = comfy.utils.unet_to_diffusers(shape.comfy_config())
+    if not shape.has_output:
+        mapping = {k: v for k, v in mapping.items() if not k.startswith(("conv_norm_out.", "conv_out."))}
+    return mapping
+
+
+def convert_unet_keys(sd: dict[str, torch.Tensor], shape: UNetShape, name: str,
+                      expected: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
+    """Diffusers UNet weights -> ComfyUI keys, strictly: every key of the file and of the model accounted for."""
+    mapping = diffusers_to_comfy_keys(shape)
+    unknown = sorted(set(sd) - set(mapping))
+    converted = {mapping[k]: v for k, v in sd.items() if k in mapping}
+    if unknown:
+        missing_in_file = sorted(set(expected) - set(converted))
+        raise CheckpointError(
+            f"{name} has {len(unknown)} keys that are not part of an SD1.5-style UNet: {_listing(unknown)}"
+            + (f"; and lacks {_listing(missing_in_file)}" if missing_in_file else "")
+            + ". Use the official X-NeMo files."
+        )
+    check_keys(expected, converted, name)
+    return converted
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# X-NeMo sites: official prefixes in diffusers order
+# ---------------------------------------------------------------------------------------------------------------
+
+def site_prefixes(shape: UNetShape) -> list[str]:
+    """The 21 (for SD1.5) site prefixes in diffusers order: down blocks, mid block, up blocks."""
+    levels = len(shape.channel_mult)
+    out = [f"down_blocks.{i}.{{kind}}.{j}" for i in range(levels) for j in range(shape.num_res_blocks)]
+    out.append("mid_block.{kind}.0")
+    out += [f"up_blocks.{i}.{{kind}}.{j}" for i in range(levels) for j in range(shape.num_res_blocks + 1)]
+    return out

@@ -1,0 +1,249 @@
+"""X-NeMo sampling on ComfyUI's samplers: the official DDIM, the blurred-reference start, sliding context windows.
+
+The official pipeline and this one compute the same thing:
+- DDIM with eta 0 is Euler in ComfyUI's sigma space (x/sqrt(alpha) = x0 + sigma*eps), so the default sampler
+  "xnemo_ddim" runs ComfyUI's Euler on the official timesteps (leading spacing, offset 1: 35 steps = 953, 925, ... 1),
+  ending at sigma 0 (the official final alpha of 1);
+- the start latent is the reference latent repeated over frames and Gaussian-blurred (kernel 9, sigma 18), noised
+  to the first timestep: sqrt(a)*blur + sqrt(1-a)*noise, which is ComfyUI's `blur + sigma*noise` in sigma space;
+- long clips run in windows of `context_length` frames overlapping by `context_overlap`; the windows of one step are
+  shifted by an offset (official: unseeded `random.randint(0, length-1)`; here drawn from the seed) and wrap around
+  the clip (closed loop); overlapping predictions are averaged, then CFG is applied (linear, so the order does not
+  matter).
+Motion tokens and the reference bank arrive ready-made in the conditioning: nothing is recomputed per window or step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import comfy.model_management
+import comfy.patcher_extension
+import comfy.sample
+import comfy.samplers
+import torch
+import torch.nn.functional as F
+
+from .constants import INIT_BLUR_KERNEL, INIT_BLUR_SIGMA, NUM_TRAIN_TIMESTEPS, TEMPORAL_MAX_FRAMES
+from .errors import IncompatibleModelError, XNeMoError
+from .unet_patch import KEY, is_xnemo_model
+
+DEFAULT = "xnemo_ddim"
+SAMPLERS = (DEFAULT, *comfy.samplers.KSampler.SAMPLERS)
+SCHEDULERS = (DEFAULT, *comfy.samplers.KSampler.SCHEDULERS)
+OFFSET_MODES = ("seeded", "none")
+MAX_FRAMES = 100_000
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Schedule
+# ---------------------------------------------------------------------------------------------------------------
+
+def ddim_timesteps(steps: int, train_steps: int = NUM_TRAIN_TIMESTEPS, offset: int = 1) -> list[int]:
+    """diffusers DDIM "leading" timesteps with steps_offset 1, highest first (35 steps: 953, 925, ..., 1)."""
+    ratio = train_steps // steps
+    return [i * ratio + offset for i in reversed(range(steps))]
+
+
+def make_sigmas(model_sampling, scheduler: str, steps: int, denoise: float = 1.0) -> torch.Tensor:
+    """Sigmas for `steps` steps ending at 0. denoise < 1 keeps the last steps of a longer schedule (as KSampler)."""
+    total = steps if denoise >= 1.0 else int(steps / denoise)
+    if scheduler == DEFAULT:
+        timesteps = torch.tensor(ddim_timesteps(total))
+        sigmas = torch.cat([model_sampling.sigmas[timesteps].float(), torch.zeros(1)])
+    else:
+        sigmas = comfy.samplers.calculate_sigmas(model_sampling, scheduler, total).cpu()
+    return sigmas[-(steps + 1):]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Start latent
+# ---------------------------------------------------------------------------------------------------------------
+
+def gaussian_blur(x: torch.Tensor, kernel: int = INIT_BLUR_KERNEL, sigma: float = INIT_BLUR_SIGMA) -> torch.Tensor:
+    """Per-channel Gaussian blur with reflect padding, the kernel built as torchvision's GaussianBlur builds it."""
+    half = (kernel - 1) * 0.5
+    t = torch.linspace(-half, half, steps=kernel, dtype=x.dtype, device=x.device)
+    pdf = torch.exp(-0.5 * (t / sigma).pow(2))
+    k1 = pdf / pdf.sum()
+    k2 = (k1[:, None] * k1[None, :]).expand(x.shape[1], 1, kernel, kernel)
+    pad = kernel // 2
+    return F.conv2d(F.pad(x, [pad, pad, pad, pad], mode="reflect"), k2, groups=x.shape[1])
+
+
+def blurred_reference(ref_latent: torch.Tensor, frames: int) -> torch.Tensor:
+    """The official start latent before noise: reference latent [1, C, h, w] repeated to [frames, C, h, w], blurred."""
+    return gaussian_blur(ref_latent[:1].float()).expand(frames, -1, -1, -1).contiguous()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Windows
+# ---------------------------------------------------------------------------------------------------------------
+
+def context_windows(frames: int, length: int, overlap: int, offset: int = 0, closed_loop: bool = True) -> list[list[int]]:
+    """Frame indices of each window of one step.
+
+    Closed loop (official "uniform" schedule): starts 0, L-O, 2(L-O), ... < N, every index shifted by `offset` and
+    wrapped mod N (so the last window joins the clip's end to its start). Open loop: no wrap; the last window ends at
+    the last frame and `offset` moves the inner boundaries.
+    """
+    if frames <= length:
+        return [list(range(frames))]
+    stride = length - overlap
+    if closed_loop:
+        return [[(e + offset) % frames for e in range(j, j + length)] for j in range(0, frames, stride)]
+    shift = offset % stride
+    starts = sorted({0, *range(shift, frames - length, stride), frames - length})
+    return [list(range(s, s + length)) for s in starts]
+
+
+def window_offsets(seed: int, steps: int, length: int, mode: str) -> list[int]:
+    """One offset per step in [0, length): drawn from the seed, so a seed reproduces a clip bit for bit."""
+    if mode == "none":
+        return [0] * steps
+    if mode != "seeded":
+        raise ValueError(f"offset mode must be one of {OFFSET_MODES}, got {mode!r}")
+    g = torch.Generator().manual_seed(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
+    return torch.randint(0, max(length, 1), (steps,), generator=g).tolist()
+
+
+def _slice_conds(conds: list, index: torch.Tensor, frames: int) -> list:
+    """Copies of ComfyUI's processed conds with every per-frame model_cond cut to the window's frames."""
+    out = []
+    for cond_list in conds:
+        if cond_list is None:
+            out.append(None)
+            continue
+        sliced = []
+        for c in cond_list:
+            model_conds = dict(c.get("model_conds", {}))
+            for name, value in model_conds.items():
+                tensor = getattr(value, "cond", None)
+                if torch.is_tensor(tensor) and tensor.ndim > 0 and tensor.shape[0] == frames and name != "c_crossattn":
+                    model_conds[name] = value._copy_with(tensor.index_select(0, index.to(tensor.device)))
+            sliced.append({**c, "model_conds": model_conds})
+        out.append(sliced)
+    return out
+
+
+@dataclass
+class WindowPlan:
+    """Per-run window settings; its `calc_cond_batch` is the CALC_COND_BATCH wrapper doing the windowing."""
+
+    length: int
+    overlap: int
+    closed_loop: bool
+    offsets: list[int]
+    on_window: Callable[[int, int], None] | None = None
+    windows_run: int = field(default=0, init=False)
+
+    def windows_for(self, frames: int, step: int) -> list[list[int]]:
+        offset = self.offsets[min(step, len(self.offsets) - 1)] if self.offsets else 0
+        return context_windows(frames, self.length, self.overlap, offset, self.closed_loop)
+
+    def windows_per_step(self, frames: int) -> int:
+        return len(context_windows(frames, self.length, self.overlap, 0, self.closed_loop))
+
+    def calc_cond_batch(self, executor, model, conds, x_in, timestep, model_options):
+        frames = x_in.shape[0]
+        if frames <= self.length:
+            out = executor(model, conds, x_in, timestep, model_options)
+            self._tick()
+            return out
+        step = _step_index(timestep, model_options)
+        sums = [torch.zeros_like(x_in) for _ in conds]
+        counts = torch.zeros((frames,) + (1,) * (x_in.ndim - 1), device=x_in.device, dtype=x_in.dtype)
+        for window in self.windows_for(frames, step):
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            index = torch.tensor(window, device=x_in.device)
+            outs = executor(model, _slice_conds(conds, index, frames), x_in.index_select(0, index),
+                            timestep.index_select(0, index) if timestep.ndim and timestep.shape[0] == frames else timestep,
+                            model_options)
+            for total, part in zip(sums, outs):
+                total.index_add_(0, index, part)
+            counts.index_add_(0, index, torch.ones_like(counts[: len(window)]))
+            self._tick()
+        return [total / counts for total in sums]
+
+    def _tick(self) -> None:
+        self.windows_run += 1
+        if self.on_window is not None:
+            self.on_window(self.windows_run, 0)
+
+
+def _step_index(timestep: torch.Tensor, model_options: dict) -> int:
+    sigmas = model_options.get("transformer_options", {}).get("sample_sigmas")
+    if sigmas is None:
+        return 0
+    sigma = float(timestep.reshape(-1)[0])
+    return int(torch.argmin((sigmas.float().cpu() - sigma).abs()))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The whole clip
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SampleSettings:
+    seed: int = 0
+    steps: int = 35
+    cfg: float = 2.5
+    sampler_name: str = DEFAULT
+    scheduler: str = DEFAULT
+    denoise: float = 1.0
+    context_length: int = 24
+    context_overlap: int = 4
+    closed_loop: bool = True
+    offset_mode: str = "seeded"
+
+    def validate(self, frames: int, max_window: int = TEMPORAL_MAX_FRAMES) -> None:
+        if self.steps < 1:
+            raise XNeMoError(f"steps is {self.steps}: it must be at least 1 (the official value is 35)")
+        if not 0.0 < self.denoise <= 1.0:
+            raise XNeMoError(f"denoise is {self.denoise}: it must be in (0, 1] (1.0 starts at the official t=953)")
+        if self.context_length < 1 or self.context_length > max_window:
+            raise XNeMoError(
+                f"context_length is {self.context_length}: the temporal layers see at most {max_window} frames at once; "
+                f"use 1..{max_window} (the official value is 24)"
+            )
+        if frames > self.context_length and not 0 <= self.context_overlap < self.context_length:
+            raise XNeMoError(
+                f"context_overlap is {self.context_overlap} for windows of {self.context_length} frames: it must be "
+                f"smaller than context_length (the official value is 4)"
+            )
+        if frames < 1 or frames > MAX_FRAMES:
+            raise XNeMoError(f"the latent has {frames} frames; X-NeMo samples 1..{MAX_FRAMES} frames per run")
+        if self.sampler_name not in SAMPLERS:
+            raise XNeMoError(f"unknown sampler {self.sampler_name!r}; choose one of {', '.join(SAMPLERS)}")
+        if self.scheduler not in SCHEDULERS:
+            raise XNeMoError(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+
+
+def total_windows(frames: int, s: SampleSettings) -> int:
+    return s.steps * len(context_windows(frames, s.context_length, s.context_overlap, 0, s.closed_loop))
+
+
+def sample_animation(model, positive, negative, latent_image: torch.Tensor, settings: SampleSettings, *,
+                     noise: torch.Tensor | None = None, offsets: list[int] | None = None,
+                     callback: Callable | None = None, on_window: Callable[[int, int], None] | None = None,
+                     disable_pbar: bool = True) -> torch.Tensor:
+    """Sample a clip. latent_image: [F, 4, h, w] unscaled LATENT samples (the blurred reference from Reference
+    Condition). `noise` and `offsets` override the seeded ones (parity tests feed the official run's). Returns the
+    final latent [F, 4, h, w], unscaled (decode with VAE Decode)."""
+    if not is_xnemo_model(model):
+        raise IncompatibleModelError("Sample Animation needs the MODEL output of Load X-NeMo")
+    frames = latent_image.shape[0]
+    settings.validate(frames)
+    model = model.clone()
+    plan = WindowPlan(settings.context_length, settings.context_overlap, settings.closed_loop,
+                      offsets if offsets is not None else window_offsets(settings.seed, settings.steps,
+                                                                        settings.context_length, settings.offset_mode),
+                      on_window)
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, KEY, plan.calc_cond_batch)
+    sigmas = make_sigmas(model.get_model_object("model_sampling"), settings.scheduler, settings.steps, settings.denoise)
+    sampler = comfy.samplers.sampler_object("euler" if settings.sampler_name == DEFAULT else settings.sampler_name)
+    if noise is None:
+        noise = comfy.sample.prepare_noise(latent_image, settings.seed)
+    return comfy.sample.sample_custom(model, noise, settings.cfg, sampler, sigmas, positive, negative, latent_image,
+                                      callback=callback, disable_pbar=disable_pbar, seed=settings.seed)

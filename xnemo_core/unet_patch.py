@@ -1,0 +1,244 @@
+"""X-NeMo on ComfyUI's own UNet, through ModelPatcher extension points only.
+
+What gets attached to a clone of the denoising MODEL, all under the key "xnemo":
+- the 21 `XNeMoSite` modules (motion cross-attention + temporal attention), in their own ModelPatcher registered as
+  an additional model (ComfyUI loads/offloads/casts them with the UNet) and placed into the UNet's block lists by a
+  PatcherInjection only while the model is patched;
+- a `forward_timestep_embed_patch` so the sites receive `transformer_options` (per-row motion tokens, frame count);
+- a DIFFUSION_MODEL wrapper that moves X-NeMo's conditioning (`xnemo_motion`, `xnemo_ref`, `xnemo_bank`, carried in
+  CONDITIONING `model_conds`) from the model kwargs into `transformer_options["xnemo"]`;
+- an `attn1_patch` that appends the reference bank to attn1's keys/values for rows that use the reference and leaves
+  the others (the unconditional branch) as plain self-attention;
+- the X-NeMo noise schedule (scaled-linear betas 0.00085..0.02, computed in float32 as the official DDIM) as a
+  `model_sampling` object patch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import comfy.model_management
+import comfy.model_patcher
+import comfy.model_sampling
+import comfy.patcher_extension
+import torch
+from comfy.ldm.modules.attention import optimized_attention
+from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock, SpatialTransformer
+
+from .constants import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS
+from .errors import IncompatibleModelError
+from .layers import XNeMoSite
+
+KEY = "xnemo"
+MOTION_COND = "xnemo_motion"   # CONDRegular [F, 32, 16]: motion tokens per frame
+REF_COND = "xnemo_ref"         # CONDRegular [F, 1]: 1 where the row reads the reference bank
+BANK_COND = "xnemo_bank"       # CONDConstant(ReferenceBank): same object on positive and negative, so they batch
+
+
+class XNeMoModelSampling(comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.EPS):
+    """Epsilon prediction on X-NeMo's schedule: betas linspace(sqrt(0.00085), sqrt(0.02))**2 in float32, like
+    diffusers' DDIMScheduler (SD1.5 uses beta_end 0.012)."""
+
+    def __init__(self):
+        super().__init__()
+        betas = torch.linspace(BETA_START ** 0.5, BETA_END ** 0.5, NUM_TRAIN_TIMESTEPS, dtype=torch.float32) ** 2
+        self._register_schedule(given_betas=betas, linear_start=BETA_START, linear_end=BETA_END)
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        return 1.0 / (self.sigmas.double() ** 2 + 1.0)
+
+
+class ReferenceBank:
+    """ReferenceNet attn1 inputs (post-norm1 hidden states) per transformer block, computed once per run.
+
+    `blocks` maps ComfyUI's (block kind, block id, depth index) to a [1, H*W, C] tensor. Kept in float16 like the
+    official reader (ReferenceAttentionControl.update casts the bank to fp16); no `__eq__`, so two conditionings carry
+    "the same bank" only when they hold the same object (CONDConstant batching).
+    """
+
+    def __init__(self, blocks: dict[tuple, torch.Tensor], latent_hw: tuple[int, int]):
+        self.blocks = blocks
+        self.latent_hw = latent_hw
+
+    def get(self, key: tuple, device, dtype) -> torch.Tensor:
+        return self.blocks[key].to(device=device, dtype=dtype)
+
+
+@dataclass
+class CallState:
+    """What the sites and the attn1 patch need for one UNet call (rows aligned with x)."""
+
+    motion: torch.Tensor          # [rows, 32, 16]
+    use_reference: torch.Tensor   # [rows] bool
+    bank: ReferenceBank | None
+    frames: int                   # frames per chunk (temporal attention runs over these)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Injection of the sites into the UNet block lists
+# ---------------------------------------------------------------------------------------------------------------
+
+def site_slots(unet) -> list[tuple[torch.nn.Sequential, int]]:
+    """(block list, insert position) for every site, in diffusers order: after the last SpatialTransformer of a block,
+    else after its first ResBlock (before any Up/Downsample); blocks with neither (conv_in, Downsample) get none."""
+    slots = []
+    for block in [*unet.input_blocks, unet.middle_block, *unet.output_blocks]:
+        kinds = [type(m) for m in block]
+        if SpatialTransformer in kinds:
+            slots.append((block, len(kinds) - kinds[::-1].index(SpatialTransformer)))
+        elif ResBlock in kinds:
+            slots.append((block, kinds.index(ResBlock) + 1))
+    return slots
+
+
+class SiteInjection:
+    """Inserts the site modules while the model is patched and removes exactly those (by identity) on eject."""
+
+    def __init__(self, sites_patcher: comfy.model_patcher.ModelPatcher):
+        self.sites_patcher = sites_patcher
+
+    def _slots(self, patcher):
+        unet = patcher.model.diffusion_model
+        slots = site_slots(unet)
+        sites = self.sites_patcher.model.sites
+        if len(slots) != len(sites):
+            raise IncompatibleModelError(
+                f"this MODEL has {len(slots)} X-NeMo site positions but the loaded X-NeMo layers have {len(sites)}: "
+                f"connect the MODEL output of Load X-NeMo (not another checkpoint) to the sampler"
+            )
+        return slots, sites
+
+    def inject(self, patcher) -> None:
+        slots, sites = self._slots(patcher)
+        for (block, position), site in zip(reversed(slots), reversed(list(sites))):
+            block.insert(position, site)
+
+    def eject(self, patcher) -> None:
+        unet = patcher.model.diffusion_model
+        ours = {id(s) for s in self.sites_patcher.model.sites}
+        for block in [*unet.input_blocks, unet.middle_block, *unet.output_blocks]:
+            for i in reversed(range(len(block))):
+                if id(block[i]) in ours:
+                    del block[i]
+
+
+def site_handler(layer: XNeMoSite, x, emb, context, transformer_options, *args, **kwargs):
+    """forward_timestep_embed_patch handler: run one site with this call's motion tokens and frame count."""
+    state: CallState | None = transformer_options.get(KEY)
+    if state is None:
+        raise IncompatibleModelError(
+            "the X-NeMo MODEL was sampled without X-NeMo conditioning: connect positive and negative from "
+            "X-NeMo Reference Condition"
+        )
+    return layer(x, state.motion.to(x.dtype), state.frames, attention=optimized_attention)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Conditioning -> transformer_options, reference read
+# ---------------------------------------------------------------------------------------------------------------
+
+def diffusion_model_wrapper(executor, x, timesteps, context, y, control, transformer_options, **kwargs):
+    """Move X-NeMo's per-row conditioning into transformer_options for the sites and the attn1 patch."""
+    motion = kwargs.pop(MOTION_COND, None)
+    use_ref = kwargs.pop(REF_COND, None)
+    bank = kwargs.pop(BANK_COND, None)
+    if motion is not None:
+        rows = x.shape[0]
+        chunks = len(transformer_options.get("cond_or_uncond", [0])) or 1
+        if motion.shape[0] != rows or rows % chunks:
+            raise IncompatibleModelError(
+                f"X-NeMo motion has {motion.shape[0]} rows for a batch of {rows} latent frames: the motion and the "
+                f"latent must have the same frame count (use the LATENT from X-NeMo Reference Condition)"
+            )
+        flags = torch.zeros(rows, dtype=torch.bool, device=x.device) if use_ref is None else use_ref.reshape(rows) > 0.5
+        transformer_options = {**transformer_options, KEY: CallState(motion, flags, bank, rows // chunks)}
+    return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
+
+
+class ReferenceAttentionPatch:
+    """attn1_patch: keys/values = [own tokens ; reference tokens] for rows that use the reference.
+
+    Rows that don't (the unconditional branch) get [own ; own], which is exactly plain self-attention (every key
+    twice, softmax weights halve) while keeping the batch one tensor.
+    """
+
+    def __call__(self, n, context_attn1, value_attn1, extra_options):
+        state: CallState | None = extra_options.get(KEY)
+        if state is None or state.bank is None or not bool(state.use_reference.any()):
+            return n, context_attn1, value_attn1
+        key = (*extra_options["block"], extra_options.get("block_index", 0))
+        if key not in state.bank.blocks:
+            return n, context_attn1, value_attn1
+        ref = state.bank.get(key, n.device, n.dtype)
+        if ref.shape[1:] != n.shape[1:]:
+            raise IncompatibleModelError(
+                f"the reference was encoded for a {state.bank.latent_hw[1] * 8}x{state.bank.latent_hw[0] * 8} image but "
+                f"the latent being sampled has another size: use the LATENT from X-NeMo Reference Condition, or set "
+                f"its width/height to the size you sample at"
+            )
+        flags = state.use_reference.to(n.device).view(-1, 1, 1)
+        extra = torch.where(flags, ref.expand_as(n), n)
+        kv = torch.cat([n, extra], dim=1)
+        return n, kv, kv
+
+    def to(self, device_or_dtype):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Putting it together
+# ---------------------------------------------------------------------------------------------------------------
+
+def apply_xnemo(model: comfy.model_patcher.ModelPatcher,
+                sites_patcher: comfy.model_patcher.ModelPatcher) -> comfy.model_patcher.ModelPatcher:
+    """A clone of `model` with X-NeMo's sites, reference read and schedule attached (the input is left untouched)."""
+    model = model.clone()
+    model.set_additional_models(KEY, [sites_patcher])
+    injection = SiteInjection(sites_patcher)
+    model.set_injections(KEY, [comfy.patcher_extension.PatcherInjection(inject=injection.inject,
+                                                                        eject=injection.eject)])
+    model.set_model_forward_timestep_embed_patch((XNeMoSite, site_handler))
+    model.set_model_attn1_patch(ReferenceAttentionPatch())
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, KEY, diffusion_model_wrapper)
+    model.add_object_patch("model_sampling", XNeMoModelSampling())
+    return model
+
+
+def is_xnemo_model(model: comfy.model_patcher.ModelPatcher) -> bool:
+    return bool(model.get_additional_models_with_key(KEY))
+
+
+def make_patcher(module: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:
+    """Wrap an X-NeMo module so ComfyUI's model management loads, offloads and casts it."""
+    patcher_cls = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+    return patcher_cls(module, load_device=comfy.model_management.get_torch_device(),
+                       offload_device=comfy.model_management.unet_offload_device())
+
+
+def xnemo_conditioning(clip_embed: torch.Tensor, bank: ReferenceBank, motion_tokens: torch.Tensor,
+                       reference_tokens: torch.Tensor) -> tuple[list, list]:
+    """Positive and negative CONDITIONING for X-NeMo (the official CFG pair).
+
+    positive: CLIP image embedding, driving motion per frame, attn1 reads the reference bank;
+    negative: zero CLIP embedding, the reference face's own motion on every frame, plain self-attention.
+    Per-frame tensors ride in `model_conds` so ComfyUI routes them to cond and uncond rows itself.
+    """
+    import comfy.conds
+
+    frames = motion_tokens.shape[0]
+    shared_bank = comfy.conds.CONDConstant(bank)
+    positive = [[clip_embed, {"model_conds": {
+        MOTION_COND: comfy.conds.CONDRegular(motion_tokens),
+        REF_COND: comfy.conds.CONDRegular(torch.ones(frames, 1)),
+        BANK_COND: shared_bank,
+    }}]]
+    negative = [[torch.zeros_like(clip_embed), {"model_conds": {
+        MOTION_COND: comfy.conds.CONDRegular(reference_tokens[:1].expand(frames, -1, -1).contiguous()),
+        REF_COND: comfy.conds.CONDRegular(torch.zeros(frames, 1)),
+        BANK_COND: shared_bank,
+    }}]]
+    return positive, negative
