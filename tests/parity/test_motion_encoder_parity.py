@@ -2,40 +2,26 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from xnemo_pack.xnemo_core.motion_encoder import MotionEncoder
+from parity_utils import max_abs, tolerance
 
 pytestmark = pytest.mark.parity
 
 
-def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    # Stand-in until xnemo_core.checkpoint.load_state_dict_file exists.
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def motenc_atol(manifest: dict) -> float:
-    # The manifest states it in words ("atol 1e-4 (...)"): values reach ~20 and the official code's own float32
-    # reordering noise between thread counts is ~1e-5, so 1e-4 separates reordering noise from real differences.
-    text = manifest["suggested_tolerances"]["motenc.*"]
-    return float(re.search(r"atol\s+([0-9.eE+-]+)", text).group(1))
-
-
-def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
-    assert a.shape == b.shape, f"shape {tuple(a.shape)} vs golden {tuple(b.shape)}"
-    return (a.float() - b.float()).abs().max().item()
+    # "atol 1e-4": values reach ~20 and the official code's own float32 reordering noise between thread counts is
+    # ~1e-5, so 1e-4 separates reordering noise from real differences.
+    return tolerance(manifest, "motenc.*")
 
 
 @pytest.fixture(scope="module")
-def run(fixture_dir: Path, manifest: dict) -> dict:
-    inputs = load_file(fixture_dir / "inputs.safetensors")
-    golden = load_file(fixture_dir / "golden.safetensors")
-    encoder = MotionEncoder.from_state_dict(load_checkpoint(fixture_dir / "xnemo_motion_encoder.pth"))
+def run(loaded, inputs: dict, golden: dict, manifest: dict) -> dict:
+    # The encoder Load X-NeMo built (same file reading, key checks and dtype handling users get).
+    encoder = loaded[1].motion.model
     frames = manifest["golden"]["motenc.drive.tokens"]["shape"][0]
     # Float input as VaeImageProcessor(do_normalize=True) makes it from the uint8 crop (manifest inputs.*).
     drive = inputs["driving_crops_u8"][:frames].float() / 255.0 * 2.0 - 1.0
