@@ -1,3 +1,80 @@
-"""Placeholder: filled in by its owner."""
+"""X-NeMo Encode Motion: driving video frames -> per-frame motion tokens (XNEMO_MOTION) and a face-track preview."""
 
-NODES = []
+from __future__ import annotations
+
+import comfy.utils
+import torch
+from comfy_api.latest import io
+
+from ..xnemo_core import face
+from ..xnemo_core.conditioning import FaceOptions, encode_motion
+from .types import CATEGORY, XNeMo, XNeMoMotion
+
+
+def face_inputs() -> list:
+    """Face options shared by Encode Motion and Reference Condition."""
+    return [
+        io.Combo.Input("detector", options=list(face.DETECTORS), default="haar",
+                       tooltip="Face detector. haar: OpenCV's cascade, no extra downloads."),
+        io.Int.Input("face_index", default=0, min=0, max=16,
+                     tooltip="Which face to follow when several are visible (0 = first in face_order)."),
+        io.Combo.Input("face_order", options=list(face.FACE_INDEX_MODES), default="largest",
+                       tooltip="How faces are ordered for face_index: largest first, left to right, ..."),
+    ]
+
+
+class XNeMoEncodeMotion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="XNeMoEncodeMotion",
+            display_name="X-NeMo Encode Motion",
+            category=CATEGORY,
+            description="Track the face through the driving frames, crop it the way X-NeMo was trained and encode each "
+                        "frame into 32 motion tokens. Works with any frame size (core Load Video / Get Video Components "
+                        "or VideoHelperSuite IMAGE batches).",
+            inputs=[
+                XNeMo.Input("xnemo", tooltip="From Load X-NeMo."),
+                io.Image.Input("images", tooltip="Driving video frames (IMAGE batch), any size or aspect."),
+                *face_inputs(),
+                io.Float.Input("crop_scale", default=1.1, min=1.0, max=3.0, step=0.05,
+                               tooltip="Driving crop side relative to the face box of the first frame (official 1.1)."),
+                io.Float.Input("smoothing_sigma", default=5.0, min=0.0, max=50.0, step=0.5,
+                               tooltip="Temporal smoothing of the crop centre in frames (official 5). Raise for shaky "
+                                       "detections, lower for fast head motion; 0 disables."),
+                io.Combo.Input("missing_face", options=list(face.MISSING_FACE_POLICIES), default="interpolate",
+                               tooltip="Frames where no face is found: interpolate between neighbours, hold the last "
+                                       "box, or stop with an error listing the frames."),
+                io.Combo.Input("f_rts_mode", options=list(face.F_RTS_MODES), default="official",
+                               tooltip="Head position/scale signal. official: constant [0,0,1] as the released code; "
+                                       "relative: head translation and zoom relative to the reference face (paper), "
+                                       "needs the reference image."),
+                io.Float.Input("fps", default=0.0, min=0.0, max=240.0, step=0.001, optional=True,
+                               tooltip="Frame rate of the driving video (from Get Video Components); carried along so "
+                                       "the output keeps it. 0 = unknown."),
+                io.Image.Input("reference", optional=True,
+                               tooltip="The reference portrait; needed only for f_rts_mode 'relative'."),
+            ],
+            outputs=[
+                XNeMoMotion.Output(display_name="motion", tooltip="Per-frame motion tokens (with face features, boxes "
+                                   "and fps) for Reference Condition and Interpolate Motion."),
+                io.Image.Output(display_name="track_preview", tooltip="Driving frames with the face box (green; red "
+                                "where filled in) and the crop box (cyan)."),
+            ],
+            is_experimental=True,
+        )
+
+    @classmethod
+    def execute(cls, xnemo, images: torch.Tensor, detector: str, face_index: int, face_order: str,
+                crop_scale: float, smoothing_sigma: float, missing_face: str, f_rts_mode: str, fps: float = 0.0,
+                reference: torch.Tensor | None = None) -> io.NodeOutput:
+        if images.ndim != 4 or images.shape[0] == 0:
+            raise ValueError(f"images must be a batch of at least one frame, got shape {tuple(images.shape)}")
+        options = FaceOptions(detector, crop_scale, smoothing_sigma, face_index, face_order, missing_face, f_rts_mode)
+        bar = comfy.utils.ProgressBar(2 * images.shape[0])
+        motion, preview = encode_motion(xnemo, images, options, fps or None, reference,
+                                        progress=lambda done, total: bar.update_absolute(done, total))
+        return io.NodeOutput(motion, preview)
+
+
+NODES = [XNeMoEncodeMotion]

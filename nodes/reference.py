@@ -1,3 +1,87 @@
-"""Placeholder: filled in by its owner."""
+"""X-NeMo Reference Condition: the portrait -> positive/negative CONDITIONING, start LATENT and paste-back crop."""
 
-NODES = []
+from __future__ import annotations
+
+import comfy.utils
+import torch
+from comfy_api.latest import io
+
+from ..xnemo_core.conditioning import FaceOptions, reference_condition
+from ..xnemo_core.payloads import MotionSequence
+from .motion import face_inputs
+from .types import CATEGORY, XNeMo, XNeMoCrop, XNeMoMotion
+
+MAX_SIDE = 2048
+
+
+class XNeMoReferenceCondition(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="XNeMoReferenceCondition",
+            display_name="X-NeMo Reference Condition",
+            category=CATEGORY,
+            description="Crop the portrait around its face as X-NeMo was trained, encode it once (CLIP image embedding, "
+                        "VAE latent, ReferenceNet features) and pair it with the driving motion: positive and negative "
+                        "conditioning, the blurred-reference start latent, and crop info for Paste Back.",
+            inputs=[
+                XNeMo.Input("xnemo", tooltip="From Load X-NeMo."),
+                io.Image.Input("image", tooltip="The portrait to animate (the first image of a batch is used)."),
+                io.ClipVision.Input("clip_vision", tooltip="CLIP ViT-L/14 image encoder (the sd-image-variations "
+                                    "image_encoder) from Load CLIP Vision."),
+                io.Vae.Input("vae", tooltip="VAE from Load VAE. The official one is the SVD img2vid VAE; any SD1.5 VAE "
+                             "works. Decode the result with the same VAE."),
+                XNeMoMotion.Input("motion", tooltip="Driving motion from Encode Motion (or Interpolate Motion); its "
+                                  "frame count sets the clip length."),
+                io.Int.Input("width", default=512, min=64, max=MAX_SIDE, step=64,
+                             tooltip="Generation width in pixels (multiple of 64). X-NeMo was trained at 512."),
+                io.Int.Input("height", default=512, min=64, max=MAX_SIDE, step=64,
+                             tooltip="Generation height in pixels (multiple of 64). X-NeMo was trained at 512."),
+                *face_inputs(),
+            ],
+            outputs=[
+                io.Conditioning.Output(display_name="positive", tooltip="CLIP image embedding, reference features and "
+                                       "driving motion per frame."),
+                io.Conditioning.Output(display_name="negative", tooltip="X-NeMo's unconditional branch: zero embedding, "
+                                       "no reference features, the reference face's own motion."),
+                io.Latent.Output(display_name="latent", tooltip="Start latent: the reference latent blurred and repeated "
+                                 "over the motion's frames (the official start); feed it to Sample Animation."),
+                XNeMoCrop.Output(display_name="crop", tooltip="Where the crop sits in the portrait, for Paste Back."),
+                io.Image.Output(display_name="reference_crop", tooltip="The cropped, resized portrait that X-NeMo "
+                                "animates."),
+            ],
+            is_experimental=True,
+        )
+
+    @classmethod
+    def validate_inputs(cls, width: int | None = None, height: int | None = None, **_) -> bool | str:
+        for name, value in (("width", width), ("height", height)):
+            if value is not None and (value % 64 or not 64 <= value <= MAX_SIDE):
+                return (f"{name} is {value}: it must be a multiple of 64 between 64 and {MAX_SIDE} "
+                        f"(the UNet halves the latent three times); 512 is what X-NeMo was trained at")
+        return True
+
+    @classmethod
+    def execute(cls, xnemo, image: torch.Tensor, clip_vision, vae, motion: MotionSequence, width: int, height: int,
+                detector: str, face_index: int, face_order: str) -> io.NodeOutput:
+        if not isinstance(motion, MotionSequence):
+            raise ValueError("motion must come from X-NeMo Encode Motion or Interpolate Motion")
+        if image.ndim != 4 or image.shape[0] == 0:
+            raise ValueError(f"image must be one picture [1, H, W, C], got shape {tuple(image.shape)}")
+        image = _rgb(image)
+        bar = comfy.utils.ProgressBar(4)
+        result = reference_condition(xnemo, image, clip_vision, vae, motion, width, height,
+                                     FaceOptions(detector=detector, face_index=face_index, face_order=face_order),
+                                     progress=lambda done, total: bar.update_absolute(done, total))
+        return io.NodeOutput(result.positive, result.negative, {"samples": result.latent}, result.crop,
+                             result.crop_image)
+
+
+def _rgb(image: torch.Tensor) -> torch.Tensor:
+    """IMAGE with 1 (grayscale) or 4 (RGBA) channels -> RGB."""
+    if image.shape[-1] == 1:
+        return image.expand(*image.shape[:-1], 3)
+    return image[..., :3]
+
+
+NODES = [XNeMoReferenceCondition]

@@ -1,3 +1,99 @@
-"""Placeholder: filled in by its owner."""
+"""X-NeMo Sample Animation: sample the whole clip in overlapping windows on ComfyUI's samplers."""
 
-NODES = []
+from __future__ import annotations
+
+import comfy.utils
+import latent_preview
+import torch
+from comfy_api.latest import io
+
+from ..xnemo_core import sampling
+from ..xnemo_core.constants import (DEFAULT_CFG, DEFAULT_CONTEXT_LENGTH, DEFAULT_CONTEXT_OVERLAP, DEFAULT_STEPS,
+                                    TEMPORAL_MAX_FRAMES)
+from .types import CATEGORY
+
+
+class XNeMoSampleAnimation(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="XNeMoSampleAnimation",
+            display_name="X-NeMo Sample Animation",
+            category=CATEGORY,
+            description="Sample an X-NeMo clip of any length: overlapping windows of context_length frames, averaged "
+                        "where they overlap, window offsets drawn from the seed (same seed, same clip). The default "
+                        "sampler/scheduler reproduce the official DDIM. Core KSampler also works for clips of one "
+                        "window; ComfyUI 0.3.x core context windows do not slice X-NeMo's per-frame motion, use this "
+                        "node for longer clips.",
+            inputs=[
+                io.Model.Input("model", tooltip="MODEL from Load X-NeMo."),
+                io.Conditioning.Input("positive", tooltip="positive from X-NeMo Reference Condition."),
+                io.Conditioning.Input("negative", tooltip="negative from X-NeMo Reference Condition."),
+                io.Latent.Input("latent", tooltip="Start latent from X-NeMo Reference Condition (one frame per "
+                                "motion frame)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Seed for the noise and the window offsets."),
+                io.Int.Input("steps", default=DEFAULT_STEPS, min=1, max=1000,
+                             tooltip="Denoising steps (official 35)."),
+                io.Float.Input("cfg", default=DEFAULT_CFG, min=0.0, max=30.0, step=0.1, round=0.01,
+                               tooltip="Guidance toward reference appearance + driving motion (official 2.5). Higher "
+                                       "exaggerates expressions and contrast; 1 disables the negative branch."),
+                io.Combo.Input("sampler_name", options=list(sampling.SAMPLERS), default=sampling.DEFAULT,
+                               tooltip="xnemo_ddim: the official deterministic DDIM (eta 0). Any ComfyUI sampler works."),
+                io.Combo.Input("scheduler", options=list(sampling.SCHEDULERS), default=sampling.DEFAULT,
+                               tooltip="xnemo_ddim: the official timesteps (leading spacing, 35 steps = 953..1). Any "
+                                       "ComfyUI scheduler works."),
+                io.Float.Input("denoise", default=1.0, min=0.01, max=1.0, step=0.01,
+                               tooltip="1.0 starts at the official first timestep on the blurred reference; lower keeps "
+                                       "more of the start latent."),
+                io.Int.Input("context_length", default=DEFAULT_CONTEXT_LENGTH, min=1, max=TEMPORAL_MAX_FRAMES,
+                             tooltip=f"Frames per window (official 24; at most {TEMPORAL_MAX_FRAMES}, the temporal "
+                                     f"layers' limit). Memory grows with it, not with the clip length."),
+                io.Int.Input("context_overlap", default=DEFAULT_CONTEXT_OVERLAP, min=0, max=TEMPORAL_MAX_FRAMES - 1,
+                             tooltip="Frames shared by neighbouring windows (official 4). More overlap: smoother seams, "
+                                     "more windows per step."),
+                io.Boolean.Input("closed_loop", default=True,
+                                 tooltip="Official: windows wrap around the clip end, so it loops smoothly. Turn off "
+                                         "for clips whose end should not be tied to the start."),
+                io.Combo.Input("offset_mode", options=list(sampling.OFFSET_MODES), default="seeded",
+                               tooltip="seeded: window boundaries move every step (hides seams), reproducibly from the "
+                                       "seed. none: fixed boundaries."),
+            ],
+            outputs=[io.Latent.Output(display_name="latent", tooltip="Sampled frames; decode with VAE Decode.")],
+            is_experimental=True,
+        )
+
+    @classmethod
+    def validate_inputs(cls, context_length: int | None = None, context_overlap: int | None = None, **_) -> bool | str:
+        if context_length is not None and context_overlap is not None and context_overlap >= context_length:
+            return (f"context_overlap ({context_overlap}) must be smaller than context_length ({context_length}); "
+                    f"the official setting is 24 / 4")
+        return True
+
+    @classmethod
+    def execute(cls, model, positive, negative, latent: dict, seed: int, steps: int, cfg: float, sampler_name: str,
+                scheduler: str, denoise: float, context_length: int, context_overlap: int, closed_loop: bool,
+                offset_mode: str) -> io.NodeOutput:
+        samples: torch.Tensor = latent["samples"]
+        settings = sampling.SampleSettings(seed, steps, cfg, sampler_name, scheduler, denoise, context_length,
+                                           context_overlap, closed_loop, offset_mode)
+        frames = samples.shape[0]
+        settings.validate(frames)
+        total = sampling.total_windows(frames, settings)
+        bar = comfy.utils.ProgressBar(total)
+        previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
+        per_step = max(total // steps, 1)
+
+        def on_window(done: int, _):
+            bar.update_absolute(min(done, total), total)
+
+        def on_step(step: int, x0: torch.Tensor, x: torch.Tensor, total_steps: int):
+            preview = previewer.decode_latent_to_preview_image("JPEG", x0[:1]) if previewer else None
+            bar.update_absolute(min((step + 1) * per_step, total), total, preview)
+
+        out = sampling.sample_animation(model, positive, negative, samples, settings, callback=on_step,
+                                        on_window=on_window)
+        return io.NodeOutput({"samples": out}, ui={"xnemo_frames": [frames]})
+
+
+NODES = [XNeMoSampleAnimation]

@@ -1,0 +1,129 @@
+"""From pictures to X-NeMo inputs: driving motion (Encode Motion) and the reference conditioning (Reference Condition).
+
+Everything expensive happens here once per clip: face tracking, the motion encoder over every driving frame, the
+ReferenceNet bank, the CLIP image embedding and the reference latent. Sampling then only reads them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from . import face
+from .constants import LATENT_SCALE, MOTION_INPUT_SIZE
+from .errors import IncompatibleModelError, NoFaceError
+from .model import XNeMoBundle
+from .payloads import CropInfo, MotionSequence
+from .reference import compute_reference_bank
+from .sampling import blurred_reference
+from .unet_patch import xnemo_conditioning
+
+log = logging.getLogger("xnemo")
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class FaceOptions:
+    detector: str = "haar"
+    crop_scale: float = 1.1
+    smoothing_sigma: float = 5.0
+    face_index: int = 0
+    face_order: str = "largest"
+    missing_face: str = "interpolate"
+    f_rts_mode: str = "official"
+
+
+def reference_face_box(image: torch.Tensor, detector: str = "haar", face_index: int = 0,
+                       face_order: str = "largest") -> tuple[float, float, float, float]:
+    """Face box of a single reference picture [1, H, W, 3]; NoFaceError says what to do when there is none."""
+    try:
+        track = face.track_face(image[:1], face.get_detector(detector), face_index, face_order, missing="error")
+    except NoFaceError as e:
+        raise NoFaceError(f"reference image: {e}. Use a portrait where the face is clearly visible and frontal.") from None
+    return tuple(float(v) for v in track.boxes[0])
+
+
+def encode_motion(xnemo: XNeMoBundle, frames: torch.Tensor, options: FaceOptions, fps: float | None = None,
+                  reference: torch.Tensor | None = None, progress: Progress | None = None):
+    """Driving IMAGE batch [F, H, W, 3] -> (MotionSequence, track preview IMAGE)."""
+    frames = frames[..., :3]
+    n = frames.shape[0]
+    total = 2 * n
+
+    def tracked(done, _):
+        if progress is not None:
+            progress(min(done, n), total)
+
+    detector = face.get_detector(options.detector)
+    track = face.track_face(frames, detector, options.face_index, options.face_order, options.missing_face, tracked)
+    crops = face.driving_crops(frames, track, options.crop_scale, options.smoothing_sigma, MOTION_INPUT_SIZE)
+    ref_box = None
+    if options.f_rts_mode == "relative":
+        if reference is None:
+            raise IncompatibleModelError("f_rts_mode 'relative' measures head motion against the reference face: "
+                                         "connect the reference image to Encode Motion, or use 'official'")
+        ref_box = reference_face_box(reference, options.detector, options.face_index, options.face_order)
+    f_rts = face.compute_f_rts(track.boxes, ref_box, options.f_rts_mode)
+    features = xnemo.encode_faces(crops.crops, progress=None if progress is None else
+                                  (lambda done, _: progress(n + done, total)))
+    motion = MotionSequence(tokens=xnemo.fuse(features, f_rts), face_features=features, f_rts=f_rts,
+                            fusion=xnemo.fusion_head(), boxes=track.boxes, face_found=track.found,
+                            fps=float(fps) if fps else None)
+    return motion, face.draw_track(frames, track, crops.crop_boxes)
+
+
+@dataclass(frozen=True)
+class ReferenceResult:
+    positive: list
+    negative: list
+    latent: torch.Tensor        # [F, 4, h, w] unscaled LATENT samples: the blurred reference start
+    crop: CropInfo
+    crop_image: torch.Tensor    # [1, height, width, 3]
+
+
+def reference_condition(xnemo: XNeMoBundle, image: torch.Tensor, clip_vision, vae, motion: MotionSequence,
+                        width: int, height: int, options: FaceOptions = FaceOptions(),
+                        progress: Progress | None = None) -> ReferenceResult:
+    """Crop the reference the official way, then CLIP embedding, VAE latent, ReferenceNet bank and the CFG pair."""
+    image = image[:1, ..., :3]
+    box = reference_face_box(image, options.detector, options.face_index, options.face_order)
+    crop_image, crop = face.reference_crop(image[0], box, height, width)
+    crop_image = crop_image.unsqueeze(0)
+    steps = 4
+    _tick(progress, 1, steps)
+
+    # Negative motion: the reference face's own expression, box parameter [0, 0, 1] (official uncond branch).
+    motion_crop = face.reference_motion_crop(image[0], box, options.crop_scale, MOTION_INPUT_SIZE)
+    reference_tokens = xnemo.fuse(xnemo.encode_faces(motion_crop), torch.tensor([[0.0, 0.0, 1.0]]))
+    _tick(progress, 2, steps)
+
+    clip_embed = clip_vision.encode_image(crop_image)["image_embeds"].float().cpu()
+    if clip_embed.shape[-1] != 768:
+        raise IncompatibleModelError(
+            f"the CLIP vision model gives {clip_embed.shape[-1]}-d image embeddings; X-NeMo was trained with the "
+            f"768-d CLIP ViT-L/14 image encoder (sd-image-variations image_encoder): load that one in Load CLIP Vision"
+        )
+    clip_embed = clip_embed.reshape(1, 1, -1)
+    latent = vae.encode(crop_image).float().cpu()
+    if latent.shape[1] != xnemo.latent_channels:
+        raise IncompatibleModelError(
+            f"the VAE makes {latent.shape[1]}-channel latents but X-NeMo's UNet takes {xnemo.latent_channels}: use an "
+            f"SD1.5-family VAE (the official one is the SVD img2vid VAE)"
+        )
+    scaled = latent * LATENT_SCALE
+    _tick(progress, 3, steps)
+
+    bank = compute_reference_bank(xnemo.reference, scaled, clip_embed)
+    positive, negative = xnemo_conditioning(clip_embed, bank, motion.tokens, reference_tokens)
+    start = blurred_reference(scaled, motion.frames) / LATENT_SCALE
+    _tick(progress, 4, steps)
+    return ReferenceResult(positive, negative, start, crop, crop_image)
+
+
+def _tick(progress: Progress | None, done: int, total: int) -> None:
+    if progress is not None:
+        progress(done, total)
