@@ -223,7 +223,8 @@ def track_face(frames: torch.Tensor, detector: FaceDetector | None = None, face_
 
 
 def _to_u8(frame: torch.Tensor) -> np.ndarray:
-    return (frame.detach().cpu().float().clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+    # numpy, not torch: per-frame work this small runs slower on torch's thread pool when cores are busy
+    return (np.clip(frame.detach().cpu().float().numpy(), 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 def _sort_faces(dets: list[Detection], mode: str) -> list[Detection]:
@@ -356,9 +357,10 @@ def driving_crops(frames: torch.Tensor, track: FaceTrack, scale: float = 1.1, si
     x0 = [_place(c, side, width) for c in smooth[:, 0].tolist()]
     y0 = [_place(c, side, height) for c in smooth[:, 1].tolist()]
     crop_boxes = torch.tensor([[x, y, x + side, y + side] for x, y in zip(x0, y0)], dtype=torch.float32)
-    crops = torch.empty(frames.shape[0], 3, size, size)
+    crops = np.empty((frames.shape[0], size, size, 3), dtype=np.float32)
     for i, (x, y) in enumerate(zip(x0, y0)):
-        crops[i] = _resized_crop(frames[i], (x, y, x + side, y + side), size, size).permute(2, 0, 1) * 2 - 1
+        crops[i] = _resized_crop(frames[i], (x, y, x + side, y + side), size, size).numpy()
+    crops = torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous() * 2 - 1
     return DrivingCrops(crops=crops, crop_boxes=crop_boxes, centre_track=smooth.float(), raw_centres=raw.float())
 
 
@@ -372,16 +374,16 @@ def _place(centre: float, side: int, limit: int) -> int:
 def _resized_crop(image: torch.Tensor, box: Sequence[int], height: int, width: int) -> torch.Tensor:
     """Crop `box` (whole pixels; black outside the image) and resize to [height, width, 3] float32 0..1."""
     x0, y0, x1, y1 = (int(v) for v in box)
-    src = image.detach().cpu().float()
-    out = torch.zeros(y1 - y0, x1 - x0, src.shape[-1])
+    src = image.detach().cpu().float().numpy()
+    out = np.zeros((y1 - y0, x1 - x0, src.shape[-1]), dtype=np.float32)
     sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, src.shape[1]), min(y1, src.shape[0])
     if sx1 > sx0 and sy1 > sy0:
         out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = src[sy0:sy1, sx0:sx1]
-    if out.shape[:2] == (height, width):
-        return out
-    shrink = height * width < out.shape[0] * out.shape[1]
-    resized = cv2.resize(out.numpy(), (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
-    return torch.from_numpy(resized).clamp(0, 1)
+    if out.shape[:2] != (height, width):
+        shrink = height * width < out.shape[0] * out.shape[1]
+        out = np.clip(cv2.resize(out, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC),
+                      0, 1)
+    return torch.from_numpy(out)
 
 
 def reference_box(face_box: Sequence[float], image_size: tuple[int, int], height: int, width: int,
@@ -468,7 +470,7 @@ def compute_f_rts(boxes: torch.Tensor, ref_box: Sequence[float] | None, mode: st
 
 def draw_track(frames: torch.Tensor, track: FaceTrack, crop_boxes: torch.Tensor | None = None) -> torch.Tensor:
     """Preview: face box in green (red where filled in, with a red frame border), crop box in cyan."""
-    out = torch.empty(frames.shape[:3] + (3,))
+    out = np.empty(tuple(frames.shape[:3]) + (3,), dtype=np.uint8)
     thick = max(1, round(max(frames.shape[1:3]) / 256))
     for i in range(frames.shape[0]):
         image = np.ascontiguousarray(_to_u8(frames[i])[..., :3])
@@ -482,5 +484,5 @@ def draw_track(frames: torch.Tensor, track: FaceTrack, crop_boxes: torch.Tensor 
             cv2.rectangle(image, (0, 0), (image.shape[1] - 1, image.shape[0] - 1), (255, 40, 40), 2 * thick)
             cv2.putText(image, "no face", (4 * thick, 14 * thick), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * thick,
                         (255, 40, 40), thick)
-        out[i] = torch.from_numpy(image).float() / 255
-    return out
+        out[i] = image
+    return torch.from_numpy(out).float() / 255
