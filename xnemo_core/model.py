@@ -136,9 +136,23 @@ def build_sites(site_sds: dict, shape: ckpt.UNetShape, precision: Precision, nam
     sites = XNeMoSites(channels, token_dim, SITE_HEADS, max_frames, dtype=precision.weight,
                        device=mm.unet_offload_device(), operations=precision.operations())
     expected = {k: v.shape for k, v in sites.state_dict().items()}
-    ckpt.check_keys(expected, sd, f"{names['motion_modules']} + {names['temporal_modules']} (X-NeMo sites)")
+    _check_site_keys(expected, sd, ckpt.site_prefixes(shape), names)
     sites.load_state_dict(sd, strict=True)
     return sites
+
+
+def _check_site_keys(expected: dict, sd: dict, prefixes: list[str], names: dict[str, str]) -> None:
+    """check_keys per file, in the official key names (`up_blocks.3.motion_modules.2.*`, not `sites.20.motion.*`)."""
+    for kind, ours in (("motion_modules", "motion"), ("temporal_modules", "temporal")):
+        def official(keys: dict) -> dict:
+            out = {}
+            for key, value in keys.items():
+                _, index, part, rest = key.split(".", 3)
+                if part == ours:
+                    out[f"{prefixes[int(index)].format(kind=kind)}.{rest}"] = value
+            return out
+
+        ckpt.check_keys(official(expected), official(sd), names[kind])
 
 
 # ---------------------------------------------------------------------------------------------------------------
