@@ -52,8 +52,8 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"Refused to load {path.name}: it contains pickled Python objects beyond plain tensors, which could run "
-            f"code on load ({str(e).splitlines()[0][:200]}). Use the official file, or convert a trusted copy to "
-            f".safetensors with `python -m xnemo_core.convert`."
+            f"code on load ({str(e).splitlines()[0][:200]}). Use the official file, which holds only tensors (or a "
+            f".safetensors copy of it made with scripts/convert_to_safetensors.py)."
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as e:
         raise CheckpointError(
