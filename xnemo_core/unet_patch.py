@@ -27,12 +27,13 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock, SpatialTran
 
 from .constants import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS
 from .errors import IncompatibleModelError
-from .layers import XNeMoSite
+from .layers import XNeMoSite, sdpa_attention
 
 KEY = "xnemo"
 MOTION_COND = "xnemo_motion"   # CONDRegular [F, 32, 16]: motion tokens per frame
 REF_COND = "xnemo_ref"         # CONDRegular [F, 1]: 1 where the row reads the reference bank
 BANK_COND = "xnemo_bank"       # CONDConstant(ReferenceBank): same object on positive and negative, so they batch
+FRAME_COND = "xnemo_frame"     # CONDRegular [F] int64: clip frame index of each row, to catch mis-sliced windows
 
 
 class XNeMoModelSampling(comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.EPS):
@@ -131,7 +132,11 @@ def site_handler(layer: XNeMoSite, x, emb, context, transformer_options, *args, 
             "the X-NeMo MODEL was sampled without X-NeMo conditioning: connect positive and negative from "
             "X-NeMo Reference Condition"
         )
-    return layer(x, state.motion.to(x.dtype), state.frames, attention=optimized_attention)
+    # ComfyUI's backend (SDPA/flash/xformers/sage, as the user configured) on GPUs. On the CPU ComfyUI picks its
+    # memory-saving sub-quadratic kernel, which is several times slower for the short temporal sequences (<= 32
+    # frames) and 32-token motion keys of these layers than torch's own SDPA.
+    attention = sdpa_attention if x.device.type == "cpu" else optimized_attention
+    return layer(x, state.motion.to(x.dtype), state.frames, attention=attention)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -143,6 +148,7 @@ def diffusion_model_wrapper(executor, x, timesteps, context, y, control, transfo
     motion = kwargs.pop(MOTION_COND, None)
     use_ref = kwargs.pop(REF_COND, None)
     bank = kwargs.pop(BANK_COND, None)
+    frame_ids = kwargs.pop(FRAME_COND, None)
     if motion is not None:
         rows = x.shape[0]
         chunks = len(transformer_options.get("cond_or_uncond", [0])) or 1
@@ -151,9 +157,29 @@ def diffusion_model_wrapper(executor, x, timesteps, context, y, control, transfo
                 f"X-NeMo motion has {motion.shape[0]} rows for a batch of {rows} latent frames: the motion and the "
                 f"latent must have the same frame count (use the LATENT from X-NeMo Reference Condition)"
             )
+        _check_window(frame_ids, transformer_options, rows // chunks)
         flags = torch.zeros(rows, dtype=torch.bool, device=x.device) if use_ref is None else use_ref.reshape(rows) > 0.5
         transformer_options = {**transformer_options, KEY: CallState(motion, flags, bank, rows // chunks)}
     return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
+
+
+def _check_window(frame_ids, transformer_options: dict, frames: int) -> None:
+    """Fail loudly when a context-window scheduler handed us per-frame motion that is not the window's frames.
+
+    ComfyUI 0.3.x core context windows do not slice frames-as-batch `model_conds` (their check only fires for
+    dim > 0), and `CONDRegular` then silently keeps the first window's motion for every window.
+    """
+    window = transformer_options.get("context_window")
+    if frame_ids is None or window is None or not hasattr(window, "index_list"):
+        return
+    expected = torch.as_tensor(window.index_list, device=frame_ids.device)
+    got = frame_ids.reshape(-1, frames)
+    if expected.numel() != frames or not bool((got == expected).all()):
+        raise IncompatibleModelError(
+            "this ComfyUI's context windows do not slice X-NeMo's per-frame motion (ComfyUI 0.3.x slices "
+            "frames-as-batch conditioning only in later releases): sample long clips with X-NeMo Sample Animation, "
+            "or update ComfyUI"
+        )
 
 
 class ReferenceAttentionPatch:
@@ -231,12 +257,15 @@ def xnemo_conditioning(clip_embed: torch.Tensor, bank: ReferenceBank, motion_tok
 
     frames = motion_tokens.shape[0]
     shared_bank = comfy.conds.CONDConstant(bank)
+    frame_index = comfy.conds.CONDRegular(torch.arange(frames, dtype=torch.int64))
     positive = [[clip_embed, {"model_conds": {
+        FRAME_COND: frame_index,
         MOTION_COND: comfy.conds.CONDRegular(motion_tokens),
         REF_COND: comfy.conds.CONDRegular(torch.ones(frames, 1)),
         BANK_COND: shared_bank,
     }}]]
     negative = [[torch.zeros_like(clip_embed), {"model_conds": {
+        FRAME_COND: frame_index,
         MOTION_COND: comfy.conds.CONDRegular(reference_tokens[:1].expand(frames, -1, -1).contiguous()),
         REF_COND: comfy.conds.CONDRegular(torch.zeros(frames, 1)),
         BANK_COND: shared_bank,

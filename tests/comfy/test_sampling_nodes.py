@@ -1,0 +1,152 @@
+"""X-NeMo Load / Sample Animation nodes in-process on the real `comfy` package, with the tiny fixture checkpoints.
+
+What is checked: the loader goes through `folder_paths`; sampling never mutates the MODEL it was given; a seed gives
+bit-identical clips; core KSampler gives the same clip as Sample Animation for a one-window clip; core context
+windows on this ComfyUI (0.3.75) are refused with a message instead of silently using the wrong motion; the progress
+bar counts windows; Cancel stops within one window and the next run works.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import comfy.model_management
+import comfy.utils
+import folder_paths
+import nodes as comfy_nodes
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from xnemo_pack.nodes import register_model_folder
+from xnemo_pack.nodes.loader import XNeMoLoader
+from xnemo_pack.nodes.sample import XNeMoSampleAnimation
+from xnemo_pack.xnemo_core import reference, unet_patch
+from xnemo_pack.xnemo_core.errors import IncompatibleModelError
+from xnemo_pack.xnemo_core.sampling import blurred_reference
+
+STEPS = 2
+FRAMES, LENGTH, OVERLAP = 10, 8, 2  # two windows per step, small enough for CPU CI
+
+
+@pytest.fixture(scope="module")
+def loaded(fixture_dir):
+    register_model_folder()
+    folder_paths.add_model_folder_path("x-nemo", str(fixture_dir))
+    out = XNeMoLoader.execute(*(f"xnemo_{n}.pth" for n in ("denoising_unet", "reference_unet", "motion_encoder",
+                                                             "temporal_module")), "fp32")
+    return out.args
+
+
+@pytest.fixture(scope="module")
+def clip_inputs(loaded, fixture_dir):
+    """Conditioning for `frames` frames from the fixture's inputs (no face pipeline: that has its own tests)."""
+    inputs = load_file(fixture_dir / "inputs.safetensors")
+    golden = load_file(fixture_dir / "golden.safetensors")
+    bank = reference.compute_reference_bank(loaded[1].reference, inputs["multi.ref_latent"], inputs["clip_embed"])
+
+    def make(frames: int):
+        positive, negative = unet_patch.xnemo_conditioning(inputs["clip_embed"], bank,
+                                                           golden["motenc.drive.tokens"][:frames],
+                                                           golden["motenc.ref.tokens"])
+        latent = {"samples": blurred_reference(inputs["multi.ref_latent"], frames) / 0.18215}
+        return positive, negative, latent
+
+    return make
+
+
+def sample(model, positive, negative, latent, seed=1, sampler="xnemo_ddim", scheduler="xnemo_ddim"):
+    out = XNeMoSampleAnimation.execute(model, positive, negative, latent, seed, STEPS, 2.5, sampler, scheduler, 1.0,
+                                       LENGTH, OVERLAP, True, "seeded")
+    return out.args[0]["samples"]
+
+
+def test_loader_outputs_xnemo_model(loaded):
+    model, xnemo = loaded
+    assert unet_patch.is_xnemo_model(model)
+    assert len(model.get_additional_models_with_key("xnemo")[0].model.sites) == 21
+    assert xnemo.latent_channels == 4
+
+
+def test_sampling_leaves_the_model_untouched_and_is_deterministic(loaded, clip_inputs):
+    model = loaded[0]
+    before = (copy.copy(model.model_options["transformer_options"]), dict(model.wrappers), dict(model.object_patches))
+    positive, negative, latent = clip_inputs(FRAMES)
+    first = sample(model, positive, negative, latent, seed=7)
+    second = sample(model, positive, negative, latent, seed=7)
+    other = sample(model, positive, negative, latent, seed=8)
+    after = (model.model_options["transformer_options"], dict(model.wrappers), dict(model.object_patches))
+    assert before == after, "Sample Animation must work on a clone"
+    assert torch.equal(first, second), "same seed, same clip, bit for bit"
+    assert not torch.equal(first, other)
+    # The UNet's block lists are back to ComfyUI's own after sampling (injection ejected).
+    unet = model.model.diffusion_model
+    assert not any(isinstance(m, unet_patch.XNeMoSite) for b in [*unet.input_blocks, unet.middle_block,
+                                                                  *unet.output_blocks] for m in b)
+
+
+def test_core_ksampler_matches_for_one_window(loaded, clip_inputs):
+    positive, negative, latent = clip_inputs(LENGTH)  # one window
+    ours = sample(loaded[0], positive, negative, latent, seed=3, sampler="euler", scheduler="normal")
+    core = comfy_nodes.common_ksampler(loaded[0], 3, STEPS, 2.5, "euler", "normal", positive, negative, latent)[0]
+    assert torch.allclose(ours, core["samples"], atol=1e-6, rtol=0)
+
+
+def test_core_context_windows_on_this_comfyui(loaded, clip_inputs):
+    """ComfyUI 0.3.75's core context windows cannot run frames-as-batch latents at all: `set_step` compares the
+    per-frame timestep tensor with the schedule and fails before any model call (so X-NeMo long clips go through
+    Sample Animation; the node description says so)."""
+    from comfy_extras.nodes_context_windows import ContextWindowsManualNode
+
+    positive, negative, latent = clip_inputs(FRAMES)
+    windowed = ContextWindowsManualNode.execute(loaded[0], LENGTH, OVERLAP, "standard_uniform", 1, False, "pyramid",
+                                                0).args[0]
+    with pytest.raises(RuntimeError, match="must match the size"):
+        comfy_nodes.common_ksampler(windowed, 3, 1, 2.5, "euler", "normal", positive, negative, latent)
+
+
+class _Window:
+    def __init__(self, index_list):
+        self.index_list = index_list
+
+
+def test_mis_sliced_window_motion_is_refused():
+    """Releases whose core windows run but keep per-frame model_conds unsliced (0.3.x) would hand every window the
+    first frames' motion; the frame-index cond catches it, and correctly sliced windows pass."""
+    options = {"context_window": _Window(list(range(2, 10)))}
+    unet_patch._check_window(torch.arange(2, 10).repeat(2), options, 8)  # sliced right: cond and uncond chunks
+    with pytest.raises(IncompatibleModelError, match="do not slice X-NeMo's per-frame motion"):
+        unet_patch._check_window(torch.arange(0, 8).repeat(2), options, 8)
+
+
+def test_progress_counts_windows_and_cancel_stops_within_a_window(loaded, clip_inputs):
+    positive, negative, latent = clip_inputs(FRAMES)  # windows of LENGTH overlapping OVERLAP: 2 windows per step
+    seen = []
+    hook = comfy.utils.PROGRESS_BAR_HOOK
+
+    def record(value, total, preview, node_id=None):
+        seen.append((value, total))
+        comfy.model_management.throw_exception_if_processing_interrupted()
+
+    comfy.utils.set_progress_bar_global_hook(record)
+    try:
+        sample(loaded[0], positive, negative, latent)
+        window_ticks = [v for v, t in seen]
+        assert seen[-1] == (STEPS * 2, STEPS * 2)
+        assert window_ticks == sorted(window_ticks)
+
+        seen.clear()
+
+        def cancel_after_first(value, total, preview, node_id=None):
+            seen.append((value, total))
+            comfy.model_management.interrupt_current_processing(True)
+            comfy.model_management.throw_exception_if_processing_interrupted()
+
+        comfy.utils.set_progress_bar_global_hook(cancel_after_first)
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            sample(loaded[0], positive, negative, latent)
+        assert len(seen) == 1, "no window may run after Cancel"
+    finally:
+        comfy.model_management.interrupt_current_processing(False)
+        comfy.utils.set_progress_bar_global_hook(hook)
+    assert sample(loaded[0], positive, negative, latent).shape == latent["samples"].shape
