@@ -19,6 +19,7 @@ import torch
 
 from .constants import CHECKPOINT_FILES, MODEL_FOLDER
 from .errors import CheckpointError
+from .keys import check_keys, listing
 
 log = logging.getLogger("xnemo")
 
@@ -43,12 +44,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path.name} is empty (0 bytes): the download was interrupted. Download it again.")
     suffix = path.suffix.lower()
     try:
-        if suffix in SAFE_SUFFIXES:
-            import safetensors.torch
-
-            sd = safetensors.torch.load_file(str(path), device="cpu")
-        else:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        sd = _load_safetensors(path) if suffix in SAFE_SUFFIXES else _load_weights_only(path)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"Refused to load {path.name}: it contains pickled Python objects beyond plain tensors, which could run "
@@ -61,6 +57,29 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"{str(e).splitlines()[0][:200] if str(e) else 'no detail'}). Download it again."
         ) from None
     return _as_flat_state_dict(sd, path.name)
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    import safetensors.torch
+
+    try:
+        return safetensors.torch.load_file(str(path), device="cpu")
+    except Exception as e:  # safetensors' own SafetensorError: a bad header or a file cut short
+        if isinstance(e, (OSError, MemoryError)):
+            raise
+        raise ValueError(str(e)) from None
+
+
+def _load_weights_only(path: Path):
+    """torch.load that refuses code. Its refusal message is a page of advice on how to load the file anyway; keep
+    only the line naming what the pickle tried to import."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(e).splitlines()]
+        reason = next((line for line in lines if "Unsupported global" in line or "WeightsUnpickler" in line),
+                      lines[0] if lines else "not plain tensors")
+        raise pickle.UnpicklingError(reason.split(" Please use", 1)[0].removeprefix("WeightsUnpickler error: ")) from None
 
 
 def _as_flat_state_dict(obj, name: str) -> dict[str, torch.Tensor]:
@@ -105,40 +124,12 @@ def expect_kind(sd: dict[str, torch.Tensor], kind: str, name: str) -> None:
         )
 
 
-def check_keys(expected: dict[str, torch.Size], found: dict[str, torch.Tensor], name: str) -> None:
-    """Strict key and shape check with a message naming every difference."""
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(found) if tuple(expected[k]) != tuple(found[k].shape))
-    if not (missing or unexpected or wrong):
-        return
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing: {_listing(missing)}")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected: {_listing(unexpected)}")
-    if wrong:
-        parts.append(
-            f"{len(wrong)} with another shape: "
-            + _listing([f"{k} expected {tuple(expected[k])} found {tuple(found[k].shape)}" for k in wrong])
-        )
-    raise CheckpointError(
-        f"{name} does not match the X-NeMo architecture ({'; '.join(parts)}). The file is from another model or "
-        f"another version: use the official X-NeMo files, all four from the same release."
-    )
-
-
-def _listing(items: list[str], limit: int = 12) -> str:
-    shown = ", ".join(items[:limit])
-    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
-
-
 def check_float_dtypes(sd: dict[str, torch.Tensor], name: str) -> None:
     """Weights must be floating point (int64 counters such as BatchNorm's num_batches_tracked are allowed)."""
     bad = [k for k, v in sd.items() if not v.is_floating_point() and not k.endswith("num_batches_tracked")]
     if bad:
         raise CheckpointError(
-            f"{name} stores weights as {sd[bad[0]].dtype} ({_listing(bad)}); X-NeMo weights are float16/bfloat16/"
+            f"{name} stores weights as {sd[bad[0]].dtype} ({listing(bad)}); X-NeMo weights are float16/bfloat16/"
             f"float32. The file is damaged or was quantised by another tool: use the official file."
         )
 
@@ -242,8 +233,8 @@ def convert_unet_keys(sd: dict[str, torch.Tensor], shape: UNetShape, name: str,
     if unknown:
         missing_in_file = sorted(set(expected) - set(converted))
         raise CheckpointError(
-            f"{name} has {len(unknown)} keys that are not part of an SD1.5-style UNet: {_listing(unknown)}"
-            + (f"; and lacks {_listing(missing_in_file)}" if missing_in_file else "")
+            f"{name} has {len(unknown)} keys that are not part of an SD1.5-style UNet: {listing(unknown)}"
+            + (f"; and lacks {listing(missing_in_file)}" if missing_in_file else "")
             + ". Use the official X-NeMo files."
         )
     check_keys(expected, converted, name)

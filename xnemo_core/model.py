@@ -114,7 +114,7 @@ def sites_state_dict(site_sds: dict[str, dict], shape: ckpt.UNetShape, names: di
         if remaining:
             raise CheckpointError(
                 f"{names[kind]} has {len(remaining)} {kind} keys outside the {len(prefixes)} X-NeMo sites of this "
-                f"UNet: {ckpt._listing(sorted(remaining))}. Use the four files of one X-NeMo release."
+                f"UNet: {ckpt.listing(sorted(remaining))}. Use the four files of one X-NeMo release."
             )
     for k in range(len(prefixes)):
         w = out.get(f"sites.{k}.motion.temporal_transformer.proj_in.weight")

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from .constants import FACE_FEATURE_DIM, MOTION_INPUT_SIZE, MOTION_TOKEN_DIM
 from .errors import CheckpointError
+from .keys import check_keys
 
 AttentionFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 """(q, k, v), each [batch, heads, tokens, head_dim] -> [batch, heads, tokens, head_dim]."""
@@ -460,25 +461,8 @@ def _cast_keeping_tables(module: nn.Module, dtype: torch.dtype) -> None:
 
 
 def _check_state_dict(module: nn.Module, sd: dict[str, Tensor]) -> None:
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    mismatched = [f"{k}: expected {tuple(v.shape)}, found {tuple(sd[k].shape)}"
-                  for k, v in expected.items() if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
-    if not (missing or unexpected or mismatched):
-        return
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing key(s): {', '.join(missing)}")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected key(s): {', '.join(unexpected)}")
-    if mismatched:
-        parts.append(f"{len(mismatched)} shape mismatch(es): {'; '.join(mismatched)}")
-    raise CheckpointError(
-        "motion encoder checkpoint does not match X-NeMo's MotEncoder_withExtra ("
-        + "; ".join(parts)
-        + "). Use the released xnemo_motion_encoder.pth, unmodified."
-    )
+    check_keys({k: v.shape for k, v in module.state_dict().items()}, sd, "motion encoder checkpoint",
+               "Use the released xnemo_motion_encoder.pth, unmodified.")
 
 
 __all__ = [

@@ -102,7 +102,7 @@ def test_strict_loading_names_every_bad_key():
     assert isinstance(caught.value, ValueError)
     assert "2 missing" in message and "final_proj.bias" in message and "model.att_2.proj_out.weight" in message
     assert "1 unexpected" in message and "model.extra.weight" in message
-    assert "model.l0.weight: expected (68, 256, 1, 1), found (67, 256, 1, 1)" in message
+    assert "model.l0.weight expected (68, 256, 1, 1) found (67, 256, 1, 1)" in message
 
 
 def test_fusion_head_matches_encoder_and_is_independent():
