@@ -106,6 +106,12 @@ def _first(value: Any) -> str:
 def write_tiny_weights(models_root: Path) -> dict[str, Any]:
     """Random tiny X-NeMo files + CLIP ViT-L + VAE in `models_root/<folder>/`, from the pack's own generator."""
     sys.path.insert(0, str(comfy_harness.comfyui_dir()))
+    import torch
+
+    if not torch.cuda.is_available():  # comfy.model_management (imported by the writer) picks CUDA unless told --cpu
+        from comfy.cli_args import args as comfy_args
+
+        comfy_args.cpu = True
     pack = comfy_harness.import_pack()
     try:
         from importlib import import_module

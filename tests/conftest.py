@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "scripts") not in sys.path:
+    sys.path.insert(0, str(ROOT / "scripts"))
 COMFYUI_DIR = Path(os.environ.get("COMFYUI_DIR") or ROOT / ".comfyui").resolve()
 FIXTURE_DIR = Path(os.environ.get("XNEMO_FIXTURE_DIR") or ROOT.parent / "shared" / "fixtures" / "xnemo_tiny").resolve()
 MEDIA_DIR = (ROOT.parent / "shared" / "media").resolve()
@@ -71,3 +73,32 @@ def media_dir() -> Path:
 def artifacts_dir() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# One real ComfyUI per session, shared by tests/server and tests/browser (launcher: scripts/comfy_harness.py).
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory: pytest.TempPathFactory):
+    """A ComfyUI (`main.py --cpu`) with this pack loaded as custom node `xnemo`.
+
+    Model folders `x-nemo`, `clip_vision` and `vae` are empty temp dirs (`comfy_server.model_dirs[name]`) that tests
+    may fill; input/output/temp/user folders and the server log live under the same temp dir.
+    """
+    import comfy_harness
+
+    try:
+        comfy_dir = comfy_harness.comfyui_dir()
+    except comfy_harness.HarnessError as err:
+        pytest.fail(str(err))
+    server = comfy_harness.start_server(tmp_path_factory.mktemp("comfyui"), comfy_dir=comfy_dir)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def comfy_client(comfy_server):
+    return comfy_server.client()
