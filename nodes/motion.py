@@ -69,7 +69,8 @@ class XNeMoEncodeMotion(io.ComfyNode):
                 crop_scale: float, smoothing_sigma: float, missing_face: str, f_rts_mode: str, fps: float = 0.0,
                 reference: torch.Tensor | None = None) -> io.NodeOutput:
         if images.ndim != 4 or images.shape[0] == 0:
-            raise ValueError(f"images must be a batch of at least one frame, got shape {tuple(images.shape)}")
+            raise ValueError(f"images must be a batch of at least one frame, got shape {tuple(images.shape)}: "
+                             "connect driving video frames (Load Video + Get Video Components, or Load Image)")
         options = FaceOptions(detector, crop_scale, smoothing_sigma, face_index, face_order, missing_face, f_rts_mode)
         bar = comfy.utils.ProgressBar(2 * images.shape[0])
         motion, preview = encode_motion(xnemo, images, options, fps or None, reference,

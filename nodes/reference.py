@@ -67,21 +67,14 @@ class XNeMoReferenceCondition(io.ComfyNode):
         if not isinstance(motion, MotionSequence):
             raise ValueError("motion must come from X-NeMo Encode Motion or Interpolate Motion")
         if image.ndim != 4 or image.shape[0] == 0:
-            raise ValueError(f"image must be one picture [1, H, W, C], got shape {tuple(image.shape)}")
-        image = _rgb(image)
+            raise ValueError(f"image must be one picture [1, H, W, C], got shape {tuple(image.shape)}: connect the "
+                             "portrait (Load Image) to image")
         bar = comfy.utils.ProgressBar(4)
         result = reference_condition(xnemo, image, clip_vision, vae, motion, width, height,
                                      FaceOptions(detector=detector, face_index=face_index, face_order=face_order),
                                      progress=lambda done, total: bar.update_absolute(done, total))
         return io.NodeOutput(result.positive, result.negative, {"samples": result.latent}, result.crop,
                              result.crop_image)
-
-
-def _rgb(image: torch.Tensor) -> torch.Tensor:
-    """IMAGE with 1 (grayscale) or 4 (RGBA) channels -> RGB."""
-    if image.shape[-1] == 1:
-        return image.expand(*image.shape[:-1], 3)
-    return image[..., :3]
 
 
 NODES = [XNeMoReferenceCondition]

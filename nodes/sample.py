@@ -64,10 +64,20 @@ class XNeMoSampleAnimation(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, context_length: int | None = None, context_overlap: int | None = None, **_) -> bool | str:
+    def validate_inputs(cls, steps: int | None = None, denoise: float | None = None, scheduler: str | None = None,
+                        context_length: int | None = None, context_overlap: int | None = None, **_) -> bool | str:
+        # With **_ ComfyUI skips its own min/max checks for every input, so the ranges are checked here.
         if context_length is not None and context_overlap is not None and context_overlap >= context_length:
             return (f"context_overlap ({context_overlap}) must be smaller than context_length ({context_length}); "
                     f"the official setting is 24 / 4")
+        try:
+            sampling.SampleSettings(steps=DEFAULT_STEPS if steps is None else steps,
+                                    denoise=1.0 if denoise is None else denoise,
+                                    scheduler=sampling.DEFAULT if scheduler is None else scheduler,
+                                    context_length=DEFAULT_CONTEXT_LENGTH if context_length is None else context_length,
+                                    context_overlap=0).validate(1)
+        except ValueError as e:
+            return str(e)
         return True
 
     @classmethod

@@ -40,17 +40,21 @@ class FaceOptions:
 def reference_face_box(image: torch.Tensor, detector: str = "haar", face_index: int = 0,
                        face_order: str = "largest") -> tuple[float, float, float, float]:
     """Face box of a single reference picture [1, H, W, 3]; NoFaceError says what to do when there is none."""
+    image = face.as_rgb(image[:1], "image")
     try:
-        track = face.track_face(image[:1], face.get_detector(detector), face_index, face_order, missing="error")
+        track = face.track_face(image, face.get_detector(detector), face_index, face_order, missing="error")
     except NoFaceError as e:
-        raise NoFaceError(f"reference image: {e}. Use a portrait where the face is clearly visible and frontal.") from None
+        if str(e).startswith("face_index"):
+            raise NoFaceError(f"reference image: {e}") from None
+        raise NoFaceError("no face was found in the reference image: use a portrait where the face is clearly visible, "
+                          "frontal and at least ~30 px tall") from None
     return tuple(float(v) for v in track.boxes[0])
 
 
 def encode_motion(xnemo: XNeMoBundle, frames: torch.Tensor, options: FaceOptions, fps: float | None = None,
                   reference: torch.Tensor | None = None, progress: Progress | None = None):
     """Driving IMAGE batch [F, H, W, 3] -> (MotionSequence, track preview IMAGE)."""
-    frames = frames[..., :3]
+    frames = face.as_rgb(frames)
     n = frames.shape[0]
     total = 2 * n
 
@@ -89,7 +93,7 @@ def reference_condition(xnemo: XNeMoBundle, image: torch.Tensor, clip_vision, va
                         width: int, height: int, options: FaceOptions = FaceOptions(),
                         progress: Progress | None = None) -> ReferenceResult:
     """Crop the reference the official way, then CLIP embedding, VAE latent, ReferenceNet bank and the CFG pair."""
-    image = image[:1, ..., :3]
+    image = face.as_rgb(image[:1], "image")
     box = reference_face_box(image, options.detector, options.face_index, options.face_order)
     crop_image, crop = face.reference_crop(image[0], box, height, width)
     crop_image = crop_image.unsqueeze(0)

@@ -222,6 +222,16 @@ def track_face(frames: torch.Tensor, detector: FaceDetector | None = None, face_
     return FaceTrack(boxes=torch.from_numpy(boxes).float(), found=torch.from_numpy(found))
 
 
+def as_rgb(images: torch.Tensor, name: str = "images") -> torch.Tensor:
+    """IMAGE [F, H, W, C] with C = 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA) -> [F, H, W, 3]; alpha is dropped."""
+    if images.ndim != 4 or images.shape[-1] not in (1, 2, 3, 4):
+        raise ValueError(f"{name} must be an IMAGE batch [frames, height, width, channels] with 1 to 4 channels, got "
+                         f"shape {tuple(images.shape)}: connect an image or video frames (Load Image, Load Video)")
+    if images.shape[-1] <= 2:
+        return images[..., :1].expand(*images.shape[:-1], 3)
+    return images[..., :3]
+
+
 def _to_u8(frame: torch.Tensor) -> np.ndarray:
     # numpy, not torch: per-frame work this small runs slower on torch's thread pool when cores are busy
     return (np.clip(frame.detach().cpu().float().numpy(), 0, 1) * 255 + 0.5).astype(np.uint8)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from .constants import INIT_BLUR_KERNEL, INIT_BLUR_SIGMA, NUM_TRAIN_TIMESTEPS, TEMPORAL_MAX_FRAMES
 from .errors import IncompatibleModelError, XNeMoError
-from .unet_patch import KEY, is_xnemo_model
+from .unet_patch import KEY, MOTION_COND, is_xnemo_model
 
 DEFAULT = "xnemo_ddim"
 SAMPLERS = (DEFAULT, *comfy.samplers.KSampler.SAMPLERS)
@@ -202,6 +202,12 @@ class SampleSettings:
             raise XNeMoError(f"steps is {self.steps}: it must be at least 1 (the official value is 35)")
         if not 0.0 < self.denoise <= 1.0:
             raise XNeMoError(f"denoise is {self.denoise}: it must be in (0, 1] (1.0 starts at the official t=953)")
+        total = self.steps if self.denoise >= 1.0 else int(self.steps / self.denoise)
+        if self.scheduler == DEFAULT and total >= NUM_TRAIN_TIMESTEPS:
+            raise XNeMoError(
+                f"steps / denoise is {total}: the xnemo_ddim schedule has at most {NUM_TRAIN_TIMESTEPS - 1} steps; use "
+                f"fewer steps (the official value is 35), a higher denoise, or another scheduler"
+            )
         if self.context_length < 1 or self.context_length > max_window:
             raise XNeMoError(
                 f"context_length is {self.context_length}: the temporal layers see at most {max_window} frames at once; "
@@ -220,6 +226,19 @@ class SampleSettings:
             raise XNeMoError(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
 
 
+def check_conditioning_frames(positive, negative, frames: int) -> None:
+    """The motion in the conditioning must cover the latent frame for frame: ComfyUI would silently cut or tile it."""
+    for name, conds in (("positive", positive), ("negative", negative)):
+        for cond in conds or []:
+            motion = getattr(cond[1].get("model_conds", {}).get(MOTION_COND), "cond", None)
+            if torch.is_tensor(motion) and motion.shape[0] != frames:
+                raise IncompatibleModelError(
+                    f"{name} carries X-NeMo motion for {motion.shape[0]} frames but the latent has {frames} frames: "
+                    f"connect the latent output of the same X-NeMo Reference Condition that made {name} (or give "
+                    f"Reference Condition motion with {frames} frames)"
+                )
+
+
 def total_windows(frames: int, s: SampleSettings) -> int:
     return s.steps * len(context_windows(frames, s.context_length, s.context_overlap, 0, s.closed_loop))
 
@@ -235,6 +254,7 @@ def sample_animation(model, positive, negative, latent_image: torch.Tensor, sett
         raise IncompatibleModelError("Sample Animation needs the MODEL output of Load X-NeMo")
     frames = latent_image.shape[0]
     settings.validate(frames)
+    check_conditioning_frames(positive, negative, frames)
     model = model.clone()
     plan = WindowPlan(settings.context_length, settings.context_overlap, settings.closed_loop,
                       offsets if offsets is not None else window_offsets(settings.seed, settings.steps,
