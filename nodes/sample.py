@@ -23,8 +23,9 @@ class XNeMoSampleAnimation(io.ComfyNode):
             description="Sample an X-NeMo clip of any length: overlapping windows of context_length frames, averaged "
                         "where they overlap, window offsets drawn from the seed (same seed, same clip). The default "
                         "sampler/scheduler reproduce the official DDIM. Core KSampler also works for clips of one "
-                        "window; ComfyUI 0.3.x core context windows do not slice X-NeMo's per-frame motion, use this "
-                        "node for longer clips.",
+                        "window. For longer clips use this node: core Context Windows (Manual) cannot run "
+                        "frames-as-batch latents on ComfyUI 0.3.75 (tested), and where a release runs them without "
+                        "slicing per-frame conditioning, X-NeMo stops with a message instead of using the wrong motion.",
             inputs=[
                 io.Model.Input("model", tooltip="MODEL from Load X-NeMo."),
                 io.Conditioning.Input("positive", tooltip="positive from X-NeMo Reference Condition."),
