@@ -155,17 +155,7 @@ def sd15_shape():
 def site_channels(shape) -> list[int]:
     from xnemo_pack.xnemo_core import checkpoint as ckpt
 
-    out = []
-    for prefix in ckpt.site_prefixes(shape):
-        block = prefix.split(".{kind}")[0]
-        if block == "mid_block":
-            level = len(shape.channel_mult) - 1
-        else:
-            level = int(block.split(".")[1])
-            if block.startswith("up_blocks"):
-                level = len(shape.channel_mult) - 1 - level
-        out.append(shape.model_channels * shape.channel_mult[level])
-    return out
+    return ckpt.site_channels(shape)
 
 
 def count_full_size_parameters() -> dict[str, int]:

@@ -193,6 +193,22 @@ class UNetShape:
         }
 
 
+def site_channels(shape: UNetShape) -> list[int]:
+    """Width of each X-NeMo site, in `site_prefixes` order (a site takes the width of the ResNet it follows)."""
+    levels = len(shape.channel_mult)
+    out = []
+    for prefix in site_prefixes(shape):
+        block = prefix.split(".{kind}")[0]
+        if block == "mid_block":
+            level = levels - 1
+        else:
+            level = int(block.split(".")[1])
+            if block.startswith("up_blocks"):
+                level = levels - 1 - level
+        out.append(shape.model_channels * shape.channel_mult[level])
+    return out
+
+
 def unet_shape(sd: dict[str, torch.Tensor], name: str) -> UNetShape:
     """Read an SD1.5-topology UNet's sizes from diffusers-format weights (8 heads, as in the official config)."""
     try:

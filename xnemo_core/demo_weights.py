@@ -61,16 +61,7 @@ def tiny_unet_state_dict(shape: ckpt.UNetShape, generator: torch.Generator) -> d
 def tiny_site_state_dicts(shape: ckpt.UNetShape, generator: torch.Generator) -> tuple[dict, dict]:
     """(motion_modules, temporal_modules) weights of random X-NeMo sites under the official prefixes."""
     prefixes = ckpt.site_prefixes(shape)
-    channels = []
-    for prefix in prefixes:
-        block = prefix.split(".{kind}")[0]
-        if block == "mid_block":
-            level = len(shape.channel_mult) - 1
-        else:
-            level = int(block.split(".")[1])
-            if block.startswith("up_blocks"):
-                level = len(shape.channel_mult) - 1 - level
-        channels.append(shape.model_channels * shape.channel_mult[level])
+    channels = ckpt.site_channels(shape)
     with torch.random.fork_rng():
         torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
         sites = XNeMoSites(channels)

@@ -261,6 +261,11 @@ def test_generation_size_limits_are_validation_errors(comfy_client, models, pict
     assert fragment in message and "XNeMoReferenceCondition" in message
 
 
+def grey_frames(batch: int) -> dict:
+    """A node making `batch` blank grey frames of the test size (no face anywhere)."""
+    return {"class_type": "EmptyImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": batch, "color": 0x808080}}
+
+
 def test_motion_and_latent_frame_counts_must_match(comfy_client, models, pictures):
     """Motion of 4 frames in the conditioning, a latent cut to 2 frames: refused before sampling."""
     prompt = pipeline(models, pictures, frames=4)
@@ -274,8 +279,7 @@ def test_motion_and_latent_frame_counts_must_match(comfy_client, models, picture
 
 def test_no_face_in_driving_frames(comfy_client, models, pictures):
     prompt = pipeline(models, pictures, drive="blank")
-    prompt["blank"] = {"class_type": "EmptyImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 2,
-                                                              "color": 0x808080}}
+    prompt["blank"] = grey_frames(2)
     error = execution_error(comfy_client, prompt)
     assert error["node_type"] == "XNeMoEncodeMotion"
     assert "no face was found in any of the 2 frames; use a clip where a face is clearly visible" in \
@@ -284,8 +288,7 @@ def test_no_face_in_driving_frames(comfy_client, models, pictures):
 
 def test_no_face_in_reference(comfy_client, models, pictures):
     prompt = pipeline(models, pictures)
-    prompt["blank"] = {"class_type": "EmptyImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1,
-                                                              "color": 0x808080}}
+    prompt["blank"] = grey_frames(1)
     prompt["cond"]["inputs"]["image"] = ["blank", 0]
     error = execution_error(comfy_client, prompt)
     assert error["node_type"] == "XNeMoReferenceCondition"
@@ -310,8 +313,7 @@ def test_several_faces_face_index(comfy_client, models, pictures):
 def test_face_leaving_and_coming_back(comfy_client, models, pictures):
     """Frames: face, blank, blank, face. 'error' lists the gap; 'interpolate' fills it and the clip samples."""
     prompt = pipeline(models, pictures, drive="gap")
-    prompt["blank"] = {"class_type": "EmptyImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 2,
-                                                              "color": 0x808080}}
+    prompt["blank"] = grey_frames(2)
     prompt["face_blank"] = {"class_type": "ImageBatch", "inputs": {"image1": ["portrait", 0], "image2": ["blank", 0]}}
     prompt["gap"] = {"class_type": "ImageBatch", "inputs": {"image1": ["face_blank", 0], "image2": ["portrait", 0]}}
     prompt["encode"]["inputs"]["missing_face"] = "error"
