@@ -7,7 +7,6 @@ everything else (timesteps, start latent, windows, CFG, DDIM) is this pack's own
 from __future__ import annotations
 
 import pytest
-import torch
 from parity_utils import frames_first, max_abs, relative_tolerance, tolerance
 
 from xnemo_pack.xnemo_core import reference, sampling, unet_patch
