@@ -86,31 +86,30 @@ class Attention(nn.Module):
 
 
 class GEGLU(nn.Module):
-    def __init__(self, dim: int, inner: int, device=None, dtype=None, operations=nn):
+    """Gated GELU projection (Shazeer 2020): [.., dim] -> [.., hidden]."""
+
+    def __init__(self, dim: int, hidden: int, device=None, dtype=None, operations=nn):
         super().__init__()
-        self.proj = operations.Linear(dim, inner * 2, device=device, dtype=dtype)
+        self.proj = operations.Linear(dim, hidden * 2, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden, gate = self.proj(x).chunk(2, dim=-1)
-        return hidden * F.gelu(gate)
+        value, gate = self.proj(x).chunk(2, dim=-1)
+        return value * F.gelu(gate)
 
 
 class FeedForward(nn.Module):
-    """GEGLU feed-forward, 4x wide (`net.0.proj`, `net.2` in the checkpoint)."""
+    """GEGLU feed-forward; `net` indices 0 and 2 match diffusers' keys (index 1, a dropout, is a no-op here)."""
 
-    def __init__(self, dim: int, mult: int = 4, device=None, dtype=None, operations=nn):
+    def __init__(self, dim: int, hidden: int, device=None, dtype=None, operations=nn):
         super().__init__()
-        inner = dim * mult
         self.net = nn.ModuleList([
-            GEGLU(dim, inner, device=device, dtype=dtype, operations=operations),
+            GEGLU(dim, hidden, device, dtype, operations),
             nn.Identity(),
-            operations.Linear(inner, dim, device=device, dtype=dtype),
+            operations.Linear(hidden, dim, device=device, dtype=dtype),
         ])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.net:
-            x = layer(x)
-        return x
+        return self.net[2](self.net[0](x))
 
 
 class TransformerBlock(nn.Module):
@@ -124,7 +123,7 @@ class TransformerBlock(nn.Module):
             [Attention(dim, heads, context_dim, position_len, operations=operations, **kw) for _ in range(2)]
         )
         self.norms = nn.ModuleList([operations.LayerNorm(dim, **kw) for _ in range(2)])
-        self.ff = FeedForward(dim, operations=operations, **kw)
+        self.ff = FeedForward(dim, dim * 4, operations=operations, **kw)  # diffusers' 4x GEGLU
         self.ff_norm = operations.LayerNorm(dim, **kw)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None, attention: AttentionFn) -> torch.Tensor:

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from .constants import FACE_FEATURE_DIM, MOTION_INPUT_SIZE, MOTION_TOKEN_DIM
 from .errors import CheckpointError
 from .keys import check_keys
+from .layers import FeedForward
 
 AttentionFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 """(q, k, v), each [batch, heads, tokens, head_dim] -> [batch, heads, tokens, head_dim]."""
@@ -176,33 +177,6 @@ class SpatialSelfAttention(nn.Module):
                    for proj in (self.to_q, self.to_k, self.to_v))
         out = self.attention_fn(q, k, v)  # softmax(q k^T / sqrt(head_dim)) v, [N, heads, L, head_dim]
         return self.to_out[0](rearrange(out, "n h l d -> n l (h d)"))
-
-
-class GEGLU(nn.Module):
-    """Gated GELU projection (Shazeer 2020): [.., dim] -> [.., hidden]."""
-
-    def __init__(self, dim: int, hidden: int, device=None, dtype=None, operations=nn):
-        super().__init__()
-        self.proj = operations.Linear(dim, hidden * 2, device=device, dtype=dtype)
-
-    def forward(self, x: Tensor) -> Tensor:
-        value, gate = self.proj(x).chunk(2, dim=-1)
-        return value * F.gelu(gate)
-
-
-class FeedForward(nn.Module):
-    """GEGLU feed-forward; `net` indices 0 and 2 match diffusers' keys (index 1, a dropout, is a no-op here)."""
-
-    def __init__(self, dim: int, hidden: int, device=None, dtype=None, operations=nn):
-        super().__init__()
-        self.net = nn.ModuleList([
-            GEGLU(dim, hidden, device, dtype, operations),
-            nn.Identity(),
-            operations.Linear(hidden, dim, device=device, dtype=dtype),
-        ])
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net[2](self.net[0](x))
 
 
 class SpatialTransformerLayer(nn.Module):
