@@ -6,7 +6,6 @@ ReferenceNet bank, the CLIP image embedding and the reference latent. Sampling t
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Callable
 
@@ -20,8 +19,6 @@ from .payloads import CropInfo, MotionSequence
 from .reference import compute_reference_bank
 from .sampling import blurred_reference
 from .unet_patch import xnemo_conditioning
-
-log = logging.getLogger("xnemo")
 
 Progress = Callable[[int, int], None]
 

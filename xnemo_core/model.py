@@ -237,14 +237,7 @@ def load_xnemo(files: XNeMoFiles, weight_dtype: str = "auto"):
     encoder = MotionEncoder.from_state_dict(motion_sd, dtype=precision.weight, operations=precision.operations())
     encoder.eval()
 
-    model = apply_xnemo(make_model_patcher(unet), make_patcher(site_modules))
+    model = apply_xnemo(make_patcher(unet), make_patcher(site_modules))
     log.info("X-NeMo loaded: UNet %d channels x %s, %d sites, weights %s", shape.model_channels,
              list(shape.channel_mult), len(site_modules.sites), precision.weight)
     return model, XNeMoBundle(reference, encoder, precision, shape.in_channels)
-
-
-def make_model_patcher(model) -> "comfy.model_patcher.ModelPatcher":
-    import comfy.model_patcher
-
-    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
-                                            offload_device=mm.unet_offload_device())

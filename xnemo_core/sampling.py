@@ -142,9 +142,6 @@ class WindowPlan:
         offset = self.offsets[min(step, len(self.offsets) - 1)] if self.offsets else 0
         return context_windows(frames, self.length, self.overlap, offset, self.closed_loop)
 
-    def windows_per_step(self, frames: int) -> int:
-        return len(context_windows(frames, self.length, self.overlap, 0, self.closed_loop))
-
     def calc_cond_batch(self, executor, model, conds, x_in, timestep, model_options):
         frames = x_in.shape[0]
         if frames <= self.length:

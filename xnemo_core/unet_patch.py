@@ -45,10 +45,6 @@ class XNeMoModelSampling(comfy.model_sampling.ModelSamplingDiscrete, comfy.model
         betas = torch.linspace(BETA_START ** 0.5, BETA_END ** 0.5, NUM_TRAIN_TIMESTEPS, dtype=torch.float32) ** 2
         self._register_schedule(given_betas=betas, linear_start=BETA_START, linear_end=BETA_END)
 
-    @property
-    def alphas_cumprod(self) -> torch.Tensor:
-        return 1.0 / (self.sigmas.double() ** 2 + 1.0)
-
 
 class ReferenceBank:
     """ReferenceNet attn1 inputs (post-norm1 hidden states) per transformer block, computed once per run.
