@@ -47,8 +47,9 @@ OFFICIAL_MOTION_SHARE = 0.67
 # ---------------------------------------------------------------------------------------------------------------
 
 def setup(force_cpu: bool) -> None:
-    if str(COMFYUI_DIR) not in sys.path:
-        sys.path.insert(0, str(COMFYUI_DIR))
+    for path in (COMFYUI_DIR, ROOT / "scripts"):
+        if str(path) not in sys.path:
+            sys.path.insert(0, str(path))
     import torch
     from comfy.cli_args import args
 
@@ -145,7 +146,7 @@ class Peak:
 # ---------------------------------------------------------------------------------------------------------------
 
 def sd15_shape():
-    from xnemo_pack.xnemo_core import checkpoint as ckpt
+    from xnemo_pack.xnemo_core.adapters import checkpoint as ckpt
 
     # The official denoising/reference UNet: sd-image-variations (SD1.5 topology), 320 x (1, 2, 4, 4), 2 res blocks.
     return ckpt.UNetShape(model_channels=320, channel_mult=(1, 2, 4, 4), num_res_blocks=2, context_dim=768,
@@ -153,7 +154,7 @@ def sd15_shape():
 
 
 def site_channels(shape) -> list[int]:
-    from xnemo_pack.xnemo_core import checkpoint as ckpt
+    from xnemo_pack.xnemo_core.adapters import checkpoint as ckpt
 
     return ckpt.site_channels(shape)
 
@@ -164,8 +165,8 @@ def count_full_size_parameters() -> dict[str, int]:
     import torch
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-    from xnemo_pack.xnemo_core.layers import XNeMoSites
-    from xnemo_pack.xnemo_core.motion_encoder import MotionEncoder
+    from xnemo_pack.xnemo_core.pure.layers import XNeMoSites
+    from xnemo_pack.xnemo_core.pure.motion_encoder import MotionEncoder
 
     shape = sd15_shape()
 
@@ -188,9 +189,9 @@ def write_full_size_xnemo(folder: Path, seed: int = 0) -> None:
     import safetensors.torch
     import torch
 
-    from xnemo_pack.xnemo_core import demo_weights
-    from xnemo_pack.xnemo_core.constants import CHECKPOINT_FILES
-    from xnemo_pack.xnemo_core.motion_encoder import MotionEncoder
+    import make_tiny_weights as demo_weights
+    from xnemo_pack.xnemo_core.pure.constants import CHECKPOINT_FILES
+    from xnemo_pack.xnemo_core.pure.motion_encoder import MotionEncoder
 
     folder.mkdir(parents=True, exist_ok=True)
     shape = sd15_shape()
@@ -213,8 +214,8 @@ def write_full_size_xnemo(folder: Path, seed: int = 0) -> None:
 
 
 def weight_files(args) -> tuple[list[str], str]:
-    from xnemo_pack.xnemo_core import demo_weights
-    from xnemo_pack.xnemo_core.constants import CHECKPOINT_FILES
+    import make_tiny_weights as demo_weights
+    from xnemo_pack.xnemo_core.pure.constants import CHECKPOINT_FILES
 
     if args.full_size:
         folder = Path(args.weights_dir or Path(tempfile.gettempdir()) / "xnemo_full_size_random")
@@ -258,7 +259,7 @@ def attention_backend(name: str):
     """Swap the attention function the UNet (comfy) and the X-NeMo sites use; 'comfy' keeps ComfyUI's choice."""
     import comfy.ldm.modules.attention as attention
 
-    from xnemo_pack.xnemo_core import unet_patch
+    from xnemo_pack.xnemo_core.adapters import unet_patch
 
     saved = (attention.optimized_attention, unet_patch.optimized_attention)
     if name != "comfy":
@@ -278,7 +279,7 @@ class Bench:
         import comfy.model_management as mm
         import comfy.patcher_extension
 
-        from xnemo_pack.xnemo_core import model as xmodel
+        from xnemo_pack.xnemo_core.adapters import model as xmodel
 
         self.args, self.torch, self.mm = args, torch, mm
         self.device = mm.get_torch_device()
@@ -317,7 +318,7 @@ class Bench:
 
     def reference_inputs(self, px: int):
         """(scaled reference latent, CLIP embedding, bank) for a px x px clip; the bank is computed once per size."""
-        from xnemo_pack.xnemo_core import reference
+        from xnemo_pack.xnemo_core.adapters import reference_bank as reference
 
         if px not in self.banks:
             g = self.torch.Generator().manual_seed(px)
@@ -328,14 +329,15 @@ class Bench:
 
     def fresh_bank(self, px: int):
         """The reference bank computed again (timing the once-per-run ReferenceNet pass)."""
-        from xnemo_pack.xnemo_core import reference
+        from xnemo_pack.xnemo_core.adapters import reference_bank as reference
 
         latent, clip, _ = self.reference_inputs(px)
         return reference.compute_reference_bank(self.xnemo.reference, latent, clip)
 
     def conditioning(self, px: int, frames: int, shared_bank: bool = True):
-        from xnemo_pack.xnemo_core import sampling, unet_patch
-        from xnemo_pack.xnemo_core.constants import LATENT_SCALE
+        from xnemo_pack.xnemo_core.adapters import sampling
+        from xnemo_pack.xnemo_core.adapters import unet_patch
+        from xnemo_pack.xnemo_core.pure.constants import LATENT_SCALE
 
         latent, clip, bank = self.reference_inputs(px)
         tokens = self.tokens[self.torch.arange(frames) % self.tokens.shape[0]]
@@ -349,7 +351,7 @@ class Bench:
 
     def sample(self, px: int, frames: int, steps: int, shared_bank: bool = True) -> dict:
         """One sampling run: per-step wall times, total, peak memory, UNet calls."""
-        from xnemo_pack.xnemo_core import sampling
+        from xnemo_pack.xnemo_core.adapters import sampling
 
         positive, negative, start = self.conditioning(px, frames, shared_bank)
         settings = sampling.SampleSettings(steps=steps, seed=0, context_length=self.args.context_length,
@@ -491,7 +493,7 @@ def section_window_overhead(args, bench) -> None:
     """The windowing bookkeeping alone (cond slicing, index_add, counts) with a stub UNet: must not grow per frame."""
     import comfy.conds
 
-    from xnemo_pack.xnemo_core import sampling
+    from xnemo_pack.xnemo_core.adapters import sampling
 
     torch = bench.torch
     out("\n## Window bookkeeping without the UNet (WindowPlan.calc_cond_batch with a stub model call)")
@@ -523,7 +525,7 @@ def section_window_overhead(args, bench) -> None:
 
 
 def section_official_schedule(args, bench) -> None:
-    from xnemo_pack.xnemo_core import sampling
+    from xnemo_pack.xnemo_core.adapters import sampling
 
     frames, steps, px = 45, 5, 128
     run_steps = min(steps, args.official_run_steps)
@@ -556,7 +558,7 @@ def section_official_schedule(args, bench) -> None:
 
 
 def section_fast_paths(args, bench) -> None:
-    from xnemo_pack.xnemo_core import reference
+    from xnemo_pack.xnemo_core.adapters import reference_bank as reference
 
     px, frames = args.sizes[0], args.context_length
     out(f"\n## Fast paths ({px} px, {frames} frames = one window, 1 step per run, min of {args.repeat})")
@@ -610,7 +612,7 @@ def section_vae(args, bench) -> None:
     import comfy.sd
     import comfy.utils
 
-    from xnemo_pack.xnemo_core import demo_weights
+    import make_tiny_weights as demo_weights
 
     out("\n## VAE decode (random full-size SD VAE; ComfyUI's VAE.decode splits the frames by free memory)")
     path = Path(tempfile.gettempdir()) / "xnemo_bench_random_sd_vae.safetensors"

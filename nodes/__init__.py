@@ -5,7 +5,7 @@ import os
 import folder_paths
 from comfy_api.latest import ComfyExtension, io
 
-from ..xnemo_core.constants import MODEL_FOLDER
+from ..xnemo_core.pure.constants import MODEL_FOLDER
 
 
 def register_model_folder() -> None:

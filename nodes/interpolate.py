@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..xnemo_core.motion_ops import EASINGS, METHODS, interpolate, parse_indices, retime
-from ..xnemo_core.motion_ops import keyframes as keyframe_path  # `keyframes` is also an input id
+from ..xnemo_core.pure.motion_ops import EASINGS, METHODS, interpolate, parse_indices, retime
+from ..xnemo_core.pure.motion_ops import keyframes as keyframe_path  # `keyframes` is also an input id
 from .types import CATEGORY, XNeMoMotion
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import folder_paths
 from comfy_api.latest import io
 
-from ..xnemo_core.constants import CHECKPOINT_FILES, MODEL_FOLDER
-from ..xnemo_core.model import WEIGHT_DTYPES, XNeMoFiles, load_xnemo
+from ..xnemo_core.pure.constants import CHECKPOINT_FILES, MODEL_FOLDER
+from ..xnemo_core.adapters.model import WEIGHT_DTYPES, XNeMoFiles, load_xnemo
 from .types import CATEGORY, XNeMo
 
 SLOTS = tuple(CHECKPOINT_FILES)  # denoising_unet, reference_unet, motion_encoder, temporal_module

@@ -6,19 +6,19 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
-from ..xnemo_core import face
-from ..xnemo_core.conditioning import FaceOptions, encode_motion
+from ..xnemo_core.pure import face_crop, face_track
+from ..xnemo_core.pipeline import FaceOptions, encode_motion
 from .types import CATEGORY, XNeMo, XNeMoMotion
 
 
 def face_inputs() -> list:
     """Face options shared by Encode Motion and Reference Condition."""
     return [
-        io.Combo.Input("detector", options=list(face.DETECTORS), default="haar",
+        io.Combo.Input("detector", options=list(face_track.DETECTORS), default="haar",
                        tooltip="Face detector. haar: OpenCV's cascade, no extra downloads."),
         io.Int.Input("face_index", default=0, min=0, max=16,
                      tooltip="Which face to follow when several are visible (0 = first in face_order)."),
-        io.Combo.Input("face_order", options=list(face.FACE_INDEX_MODES), default="largest",
+        io.Combo.Input("face_order", options=list(face_track.FACE_INDEX_MODES), default="largest",
                        tooltip="How faces are ordered for face_index: largest first, left to right, ..."),
     ]
 
@@ -42,10 +42,10 @@ class XNeMoEncodeMotion(io.ComfyNode):
                 io.Float.Input("smoothing_sigma", default=5.0, min=0.0, max=50.0, step=0.5,
                                tooltip="Temporal smoothing of the crop centre in frames (official 5). Raise for shaky "
                                        "detections, lower for fast head motion; 0 disables."),
-                io.Combo.Input("missing_face", options=list(face.MISSING_FACE_POLICIES), default="interpolate",
+                io.Combo.Input("missing_face", options=list(face_track.MISSING_FACE_POLICIES), default="interpolate",
                                tooltip="Frames where no face is found: interpolate between neighbours, hold the last "
                                        "box, or stop with an error listing the frames."),
-                io.Combo.Input("f_rts_mode", options=list(face.F_RTS_MODES), default="official",
+                io.Combo.Input("f_rts_mode", options=list(face_crop.F_RTS_MODES), default="official",
                                tooltip="Head position/scale signal. official: constant [0,0,1] as the released code; "
                                        "relative: head translation and zoom relative to the reference face (paper), "
                                        "needs the reference image."),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..xnemo_core.compose import paste_back
-from ..xnemo_core.payloads import CropInfo
+from ..xnemo_core.pure.compose import paste_back
+from ..xnemo_core.pure.payloads import CropInfo
 from .types import CATEGORY, XNeMoCrop
 
 

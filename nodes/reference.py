@@ -6,8 +6,8 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
-from ..xnemo_core.conditioning import FaceOptions, reference_condition
-from ..xnemo_core.payloads import MotionSequence
+from ..xnemo_core.pipeline import FaceOptions, reference_condition
+from ..xnemo_core.pure.payloads import MotionSequence
 from .motion import face_inputs
 from .types import CATEGORY, XNeMo, XNeMoCrop, XNeMoMotion
 

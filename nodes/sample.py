@@ -7,8 +7,9 @@ import latent_preview
 import torch
 from comfy_api.latest import io
 
-from ..xnemo_core import sampling
-from ..xnemo_core.constants import (DEFAULT_CFG, DEFAULT_CONTEXT_LENGTH, DEFAULT_CONTEXT_OVERLAP, DEFAULT_STEPS,
+from ..xnemo_core.adapters import sampling
+from ..xnemo_core.pure.windows import OFFSET_MODES
+from ..xnemo_core.pure.constants import (DEFAULT_CFG, DEFAULT_CONTEXT_LENGTH, DEFAULT_CONTEXT_OVERLAP, DEFAULT_STEPS,
                                     TEMPORAL_MAX_FRAMES)
 from .types import CATEGORY
 
@@ -56,7 +57,7 @@ class XNeMoSampleAnimation(io.ComfyNode):
                 io.Boolean.Input("closed_loop", default=True,
                                  tooltip="Official: windows wrap around the clip end, so it loops smoothly. Turn off "
                                          "for clips whose end should not be tied to the start."),
-                io.Combo.Input("offset_mode", options=list(sampling.OFFSET_MODES), default="seeded",
+                io.Combo.Input("offset_mode", options=list(OFFSET_MODES), default="seeded",
                                tooltip="seeded: window boundaries move every step (hides seams), reproducibly from the "
                                        "seed. none: fixed boundaries."),
             ],

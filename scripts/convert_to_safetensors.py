@@ -3,7 +3,7 @@
     .venv/bin/python scripts/convert_to_safetensors.py ComfyUI/models/x-nemo            # every .pth in the folder
     .venv/bin/python scripts/convert_to_safetensors.py a.pth b.pth --out DIR [--force]
 
-Each file is read with `xnemo_core.checkpoint.load_state_dict_file` (`torch.load(weights_only=True)`: a pickle that
+Each file is read with `xnemo_core.adapters.checkpoint.load_state_dict_file` (`torch.load(weights_only=True)`: a pickle that
 would import or run code is refused), written with `safetensors.torch.save_file` beside its input or into --out, read
 back and compared tensor by tensor (keys, dtypes, shapes, values) before it replaces anything. An existing output is
 left alone unless --force. Exit status 0 when every file converted, 1 otherwise. Load X-NeMo accepts the results under
@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from xnemo_core.checkpoint import PICKLE_SUFFIXES, identify, load_state_dict_file  # noqa: E402
-from xnemo_core.constants import CHECKPOINT_FILES  # noqa: E402
-from xnemo_core.errors import CheckpointError  # noqa: E402
+from xnemo_core.adapters.checkpoint import PICKLE_SUFFIXES, identify, load_state_dict_file  # noqa: E402
+from xnemo_core.pure.constants import CHECKPOINT_FILES  # noqa: E402
+from xnemo_core.pure.errors import CheckpointError  # noqa: E402
 
 
 class ConvertError(RuntimeError):

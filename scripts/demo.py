@@ -5,7 +5,7 @@
 What it does:
 1. picks weights: the official files when ComfyUI's `models/x-nemo/` has all four (plus a CLIP ViT-L/14 image encoder
    in `models/clip_vision/` and the SVD img2vid VAE in `models/vae/`); otherwise tiny random weights written by
-   `xnemo_core.demo_weights.write_tiny_models` (the output is then noise: it only proves the pipeline runs);
+   `scripts/make_tiny_weights.py` (`write_tiny_models`) (the output is then noise: it only proves the pipeline runs);
 2. starts ComfyUI with the pack through `comfy_harness` (the same launcher the server tests use);
 3. uploads the reference portrait and the driving video (trimmed to --frames), loads the API workflow
    `example_workflows/api/xnemo_portrait_animation.json`, puts the file names in, queues it and waits;
@@ -112,13 +112,13 @@ def write_tiny_weights(models_root: Path) -> dict[str, Any]:
         from comfy.cli_args import args as comfy_args
 
         comfy_args.cpu = True
-    pack = comfy_harness.import_pack()
+    comfy_harness.import_pack()
     try:
         from importlib import import_module
 
-        demo_weights = import_module(f"{pack.__name__}.xnemo_core.demo_weights")
+        demo_weights = import_module("make_tiny_weights")
     except ImportError as err:
-        raise DemoError(f"xnemo_core.demo_weights is not available ({err}): tiny demo weights cannot be written") from err
+        raise DemoError(f"scripts/make_tiny_weights.py is not available ({err}): tiny demo weights cannot be written") from err
     written = demo_weights.write_tiny_models(models_root)
 
     xnemo_files = written["x-nemo"]

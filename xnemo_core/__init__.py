@@ -1,2 +1,27 @@
-"""X-NeMo engine. Pure-torch rooms (motion_encoder, layers, face, motion_ops, compose, payloads) never import ComfyUI;
-adapter rooms (checkpoint, unet_patch, reference, sampling) do."""
+"""X-NeMo engine: what the nodes call. Importable without a running ComfyUI server.
+
+Module map (docs/architecture.md draws the same house; tests/unit/test_layout.py checks both against the files):
+
+pure/ (torch, numpy, OpenCV; never imports ComfyUI or anything outside pure/)
+    constants       official numbers, file roles, official defaults, the patch key
+    errors          domain errors with messages that say what to do
+    payloads        XNEMO_MOTION and XNEMO_CROP payloads passed between nodes
+    keys            strict state-dict key checks
+    layers          motion cross-attention and temporal attention sites, feed-forward
+    motion_encoder  face crop + f_rts -> 32 x 16 motion tokens
+    motion_ops      interpolation and re-timing of motion
+    face_track      face detection and tracking, face choice, missing-face policies, preview
+    face_crop       official crop geometry and f_rts
+    windows         sliding context windows and window counts
+    compose         paste-back into the original frames
+
+adapters/ (ComfyUI side: may import pure/ and comfy, never pipeline or nodes)
+    checkpoint      the four official files: safe reading, identification, key mapping
+    model           build the denoising MODEL and the XNEMO bundle as ComfyUI models
+    unet_patch      sites injected into ComfyUI's UNet, conditioning routing, X-NeMo schedule
+    reference_bank  the reference bank: class, block key, writer (ReferenceNet pass) and reader (attn1 patch)
+    sampling        official DDIM on ComfyUI samplers, start latent, windowed CFG
+
+pipeline        (top: may import pure/ and adapters/) Encode Motion and Reference Condition: face tracking, motion
+                tokens, CLIP embedding, reference latent and bank, the CFG pair and the start latent
+"""

@@ -19,10 +19,10 @@ from xnemo_pack.nodes.loader import XNeMoLoader
 from xnemo_pack.nodes.motion import XNeMoEncodeMotion
 from xnemo_pack.nodes.reference import XNeMoReferenceCondition
 from xnemo_pack.nodes.sample import XNeMoSampleAnimation
-from xnemo_pack.xnemo_core import sampling
-from xnemo_pack.xnemo_core.constants import CHECKPOINT_FILES
-from xnemo_pack.xnemo_core.errors import XNeMoError
-from xnemo_pack.xnemo_core.model import XNeMoFiles, load_xnemo
+from xnemo_pack.xnemo_core.adapters import sampling
+from xnemo_pack.xnemo_core.pure.constants import CHECKPOINT_FILES
+from xnemo_pack.xnemo_core.pure.errors import XNeMoError
+from xnemo_pack.xnemo_core.adapters.model import XNeMoFiles, load_xnemo
 
 SIZE = 128
 FACE_ARGS = {"detector": "haar", "face_index": 0, "face_order": "largest"}
@@ -147,7 +147,7 @@ def test_whole_pipeline_opens_no_socket(tmp_path_factory, fixture_dir, portrait,
     import comfy.sd
     import comfy.utils
 
-    from xnemo_pack.xnemo_core.demo_weights import write_tiny_models
+    from make_tiny_weights import write_tiny_models
 
     root = tmp_path_factory.getbasetemp() / "xnemo_tiny_models"  # shared with the server hardening tests
     written = write_tiny_models(root)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from xnemo_pack.nodes.interpolate import NODES, XNeMoInterpolateMotion
-from xnemo_pack.xnemo_core.payloads import MotionSequence
+from xnemo_pack.xnemo_core.pure.payloads import MotionSequence
 
 
 class TinyFusion(torch.nn.Module):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from xnemo_pack.nodes.paste_back import NODES, XNeMoPasteBack
-from xnemo_pack.xnemo_core.payloads import CropInfo
+from xnemo_pack.xnemo_core.pure.payloads import CropInfo
 
 
 def test_schema_is_complete():

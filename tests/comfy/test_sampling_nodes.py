@@ -21,9 +21,10 @@ from safetensors.torch import load_file
 from xnemo_pack.nodes import register_model_folder
 from xnemo_pack.nodes.loader import XNeMoLoader
 from xnemo_pack.nodes.sample import XNeMoSampleAnimation
-from xnemo_pack.xnemo_core import reference, unet_patch
-from xnemo_pack.xnemo_core.errors import IncompatibleModelError
-from xnemo_pack.xnemo_core.sampling import blurred_reference
+from xnemo_pack.xnemo_core.adapters import reference_bank as reference
+from xnemo_pack.xnemo_core.adapters import unet_patch
+from xnemo_pack.xnemo_core.pure.errors import IncompatibleModelError
+from xnemo_pack.xnemo_core.adapters.sampling import blurred_reference
 
 STEPS = 2
 FRAMES, LENGTH, OVERLAP = 10, 8, 2  # two windows per step, small enough for CPU CI

@@ -25,7 +25,7 @@ def golden(fixture_dir: Path) -> dict:
 @pytest.fixture(scope="session")
 def loaded(fixture_dir: Path):
     """(MODEL, XNEMO) exactly as the Load X-NeMo node builds them, weights in fp32."""
-    from xnemo_pack.xnemo_core.model import XNeMoFiles, load_xnemo
+    from xnemo_pack.xnemo_core.adapters.model import XNeMoFiles, load_xnemo
 
     files = XNeMoFiles(*(str(fixture_dir / f"xnemo_{n}.pth")
                          for n in ("denoising_unet", "reference_unet", "motion_encoder", "temporal_module")))

@@ -12,7 +12,8 @@ import pytest
 import torch
 from parity_utils import frames_first, max_abs, tolerance
 
-from xnemo_pack.xnemo_core import reference, unet_patch
+from xnemo_pack.xnemo_core.adapters import reference_bank as reference
+from xnemo_pack.xnemo_core.adapters import unet_patch
 
 pytestmark = pytest.mark.parity
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import pytest
 from parity_utils import frames_first, max_abs, relative_tolerance, tolerance
 
-from xnemo_pack.xnemo_core import reference, sampling, unet_patch
+from xnemo_pack.xnemo_core.adapters import reference_bank as reference
+from xnemo_pack.xnemo_core.adapters import sampling
+from xnemo_pack.xnemo_core.adapters import unet_patch
 
 pytestmark = [pytest.mark.parity, pytest.mark.slow]
 

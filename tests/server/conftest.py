@@ -15,7 +15,7 @@ import pytest
 @pytest.fixture(scope="session")
 def xnemo_fixture_models(comfy_server, fixture_dir: Path) -> dict[str, str]:
     """Copy the tiny fixture checkpoints into the server's `x-nemo` folder; returns {loader input id: file name}."""
-    from xnemo_pack.xnemo_core.constants import CHECKPOINT_FILES
+    from xnemo_pack.xnemo_core.pure.constants import CHECKPOINT_FILES
 
     names = {}
     for role, stem in CHECKPOINT_FILES.items():

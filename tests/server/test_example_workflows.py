@@ -2,7 +2,7 @@
 
 Media: the shared portrait downscaled to 256x256 and driving clips trimmed to 8-12 frames at 160x160 (25 fps, with a
 generated audio track so the audio path is exercised), uploaded under the file names the workflows use. Weights: the
-pack's own tiny random files (`xnemo_core.demo_weights.write_tiny_models`), as `scripts/demo.py --tiny` uses them.
+pack's own tiny random files (`scripts/make_tiny_weights.py.write_tiny_models`), as `scripts/demo.py --tiny` uses them.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def _write_clip(source: Path, target: Path, start: int, count: int) -> Path:
 @pytest.fixture(scope="module")
 def tiny_weights(comfy_server) -> dict:
     """The pack's tiny random weights in the server's model folders (the same files `demo.py --tiny` writes)."""
-    demo_weights = import_module("xnemo_pack.xnemo_core.demo_weights")
+    demo_weights = import_module("make_tiny_weights")
     return demo_weights.write_tiny_models(comfy_server.work_dir / "models")
 
 

@@ -35,7 +35,7 @@ RSS_GROWTH_LIMIT_MB = 150
 @pytest.fixture(scope="module")
 def models(comfy_server, xnemo_fixture_models, tmp_path_factory) -> dict:
     """Tiny X-NeMo .safetensors + random CLIP ViT-L + SD VAE (written once per session) next to the fixture .pth set."""
-    from xnemo_pack.xnemo_core.demo_weights import write_tiny_models
+    from make_tiny_weights import write_tiny_models
 
     cache = tmp_path_factory.getbasetemp() / "xnemo_tiny_models"
     written = write_tiny_models(cache)  # skips files that exist: shared with the in-process hardening tests
@@ -138,8 +138,8 @@ def _bad_file(kind: str, folder: Path, fixture_dir: Path, marker: Path) -> tuple
     """Write a bad checkpoint into the server's x-nemo folder; returns (file name, loader slot it goes in)."""
     import safetensors.torch
 
-    from xnemo_pack.xnemo_core import checkpoint as ckpt
-    from xnemo_pack.xnemo_core.demo_weights import tiny_unet_state_dict
+    from xnemo_pack.xnemo_core.adapters import checkpoint as ckpt
+    from make_tiny_weights import tiny_unet_state_dict
 
     if kind == "wrong_slot":  # the motion encoder given as the denoising UNet
         name = "hardening_motion_as_unet.pth"

@@ -1,4 +1,4 @@
-"""xnemo_core.checkpoint on the tiny official-format fixture: reading, telling the four files apart, key checks with
+"""xnemo_core.adapters.checkpoint on the tiny official-format fixture: reading, telling the four files apart, key checks with
 messages that name every difference, site splitting and the UNet sizes read from the tensors."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import re
 import pytest
 import torch
 
-from xnemo_pack.xnemo_core import checkpoint as ckpt
-from xnemo_pack.xnemo_core.constants import CHECKPOINT_FILES
-from xnemo_pack.xnemo_core.errors import CheckpointError
+from xnemo_pack.xnemo_core.adapters import checkpoint as ckpt
+from xnemo_pack.xnemo_core.pure.constants import CHECKPOINT_FILES
+from xnemo_pack.xnemo_core.pure.errors import CheckpointError
 
 KINDS = list(CHECKPOINT_FILES)
 

@@ -8,9 +8,9 @@ import cv2
 import pytest
 import torch
 
-from xnemo_pack.xnemo_core.compose import paste_back
-from xnemo_pack.xnemo_core.face import reference_crop
-from xnemo_pack.xnemo_core.payloads import CropInfo
+from xnemo_pack.xnemo_core.pure.compose import paste_back
+from xnemo_pack.xnemo_core.pure.face_crop import reference_crop
+from xnemo_pack.xnemo_core.pure.payloads import CropInfo
 
 FACE_BOX = (105.0, 78.0, 398.0, 371.0)  # the Haar box of ref_image.png, fixed so these tests need no detector
 

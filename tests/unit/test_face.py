@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from xnemo_pack.xnemo_core import face
-from xnemo_pack.xnemo_core.errors import NoFaceError
+from xnemo_pack.xnemo_core.pure import face_crop, face_track
+from xnemo_pack.xnemo_core.pure.errors import NoFaceError
 
 BACKGROUND = 0.2  # grey used for padded canvases
 
@@ -51,9 +51,9 @@ def tracked(video: torch.Tensor):
     """The whole clip tracked and cropped once; also returns the seconds tracking took."""
     calls = []
     start = time.perf_counter()
-    track = face.track_face(video, progress=lambda done, total: calls.append((done, total)))
+    track = face_track.track_face(video, progress=lambda done, total: calls.append((done, total)))
     seconds = time.perf_counter() - start
-    return track, face.driving_crops(video, track), seconds, calls
+    return track, face_crop.driving_crops(video, track), seconds, calls
 
 
 def test_every_frame_of_the_demo_clip_is_tracked(tracked):
@@ -66,7 +66,7 @@ def test_every_frame_of_the_demo_clip_is_tracked(tracked):
     assert 220 < side.min() and side.max() < 360
     assert (track.boxes[:, :2] >= -1).all() and (track.boxes[:, 2:] <= 513).all()
     # No jumps: the head moves a few pixels per frame at 25 fps.
-    steps = torch.diff(face.box_centres(track.boxes), dim=0).norm(dim=1)
+    steps = torch.diff(face_crop.box_centres(track.boxes), dim=0).norm(dim=1)
     assert steps.max() < 0.1 * side.mean()
     # Progress reaches the total and never goes back.
     assert calls[-1][0] == calls[-1][1] and all(a[0] <= b[0] for a, b in zip(calls, calls[1:]))
@@ -83,8 +83,8 @@ def test_driving_crops_are_square_stable_and_cover_the_face(tracked):
     # Jitter = std of the frame-to-frame centre displacement. Haar boxes wobble by ~1.5-2.5 px per frame; a sigma-5
     # Gaussian passes ~1/20 of white noise's frame-to-frame step, so the crop centre should move < 0.5 px per frame
     # beyond its trend: half a source pixel, ~0.35 px in the 224 crop, below what the motion encoder can see.
-    raw = face.centre_jitter(crops.raw_centres)
-    boxes = face.centre_jitter(face.box_centres(crops.crop_boxes))
+    raw = face_crop.centre_jitter(crops.raw_centres)
+    boxes = face_crop.centre_jitter(face_crop.box_centres(crops.crop_boxes))
     print(f"\njitter: raw {raw:.2f} px, smoothed {crops.jitter:.3f} px, whole-pixel crop boxes {boxes:.3f} px")
     assert crops.jitter < 0.5 and crops.jitter < 0.2 * raw
     assert boxes < 1.0
@@ -97,8 +97,8 @@ def test_driving_crops_are_square_stable_and_cover_the_face(tracked):
 def test_driving_crop_pixels_match_the_frame():
     frames = torch.rand(3, 300, 400, 3)
     boxes = torch.tensor([[100.0, 50.0, 200.0, 150.0]]).repeat(3, 1)
-    track = face.FaceTrack(boxes=boxes, found=torch.ones(3, dtype=torch.bool))
-    crops = face.driving_crops(frames, track, scale=1.1, size=110)
+    track = face_track.FaceTrack(boxes=boxes, found=torch.ones(3, dtype=torch.bool))
+    crops = face_crop.driving_crops(frames, track, scale=1.1, size=110)
     assert crops.crop_boxes[0].tolist() == [95.0, 45.0, 205.0, 155.0]  # 110 px square on the face centre
     expected = frames[0, 45:155, 95:205].permute(2, 0, 1) * 2 - 1
     assert torch.allclose(crops.crops[0], expected, atol=1e-6)
@@ -107,8 +107,8 @@ def test_driving_crop_pixels_match_the_frame():
 def test_driving_crop_larger_than_frame_is_centred_and_padded():
     frames = torch.rand(2, 100, 160, 3)
     boxes = torch.tensor([[40.0, 0.0, 140.0, 100.0]]).repeat(2, 1)
-    track = face.FaceTrack(boxes=boxes, found=torch.ones(2, dtype=torch.bool))
-    crops = face.driving_crops(frames, track, size=110)
+    track = face_track.FaceTrack(boxes=boxes, found=torch.ones(2, dtype=torch.bool))
+    crops = face_crop.driving_crops(frames, track, size=110)
     x0, y0, x1, y1 = crops.crop_boxes[0].tolist()
     assert (y0, y1) == (-5.0, 105.0)  # 110 > 100: padded 5 px above and below
     assert 0 <= x0 and x1 <= 160  # fits across: shifted inside, not padded
@@ -119,20 +119,20 @@ def test_driving_crop_larger_than_frame_is_centred_and_padded():
                          ids=["landscape-face-right", "portrait"])
 def test_padded_clips_track_the_face_where_it_is(video, height, width, top, left):
     clip = video[::10]  # 23 frames 0.4 s apart: still one continuous track
-    base = face.track_face(clip)
-    track = face.track_face(_canvas(clip, height, width, top, left))
+    base = face_track.track_face(clip)
+    track = face_track.track_face(_canvas(clip, height, width, top, left))
     assert track.found.all()
     side = _side(base.boxes)
-    offset = face.box_centres(track.boxes) - face.box_centres(base.boxes) - torch.tensor([left, top])
+    offset = face_crop.box_centres(track.boxes) - face_crop.box_centres(base.boxes) - torch.tensor([left, top])
     # Same pixels, different canvas: the cascade sees a different histogram and pyramid, so boxes agree to a few
     # percent of the face (centre), and sizes to Haar's ~10 % size step.
     assert offset.norm(dim=1).max() < 0.03 * side.mean(), offset
     ratio = _side(track.boxes) / side
     assert ((ratio > 0.88) & (ratio < 1.12)).all(), ratio
-    crops = face.driving_crops(_canvas(clip, height, width, top, left), track)
+    crops = face_crop.driving_crops(_canvas(clip, height, width, top, left), track)
     boxes = crops.crop_boxes
     assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= width).all() and (boxes[:, 3] <= height).all()
-    centres = face.box_centres(track.boxes)
+    centres = face_crop.box_centres(track.boxes)
     assert ((centres[:, 0] > boxes[:, 0]) & (centres[:, 0] < boxes[:, 2])).all()  # no left-square cut
     assert ((centres[:, 1] > boxes[:, 1]) & (centres[:, 1] < boxes[:, 3])).all()
 
@@ -141,7 +141,7 @@ def test_blank_stretch_is_filled_and_flagged(video, caplog):
     clip = video[40:70].clone()
     clip[10:20] = 0  # source frames 50-59 black
     with caplog.at_level(logging.WARNING, logger="xnemo"):
-        track = face.track_face(clip, missing="interpolate")
+        track = face_track.track_face(clip, missing="interpolate")
     assert track.missing_frames == list(range(10, 20))
     assert any("10-19" in r.getMessage() for r in caplog.records if r.name == "xnemo")
     # Linear between the last box before (9) and the first after (20).
@@ -149,19 +149,19 @@ def test_blank_stretch_is_filled_and_flagged(video, caplog):
         t = (i - 9) / 11
         assert torch.allclose(track.boxes[i], (1 - t) * track.boxes[9] + t * track.boxes[20], atol=1e-4)
 
-    held = face.track_face(clip, missing="hold")
+    held = face_track.track_face(clip, missing="hold")
     assert torch.equal(held.found, track.found)
     assert torch.allclose(held.boxes[10:20], held.boxes[9].expand(10, 4))
 
     with pytest.raises(NoFaceError, match=r"10 of 30 frames.*10-19.*'interpolate' or 'hold'"):
-        face.track_face(clip, missing="error")
+        face_track.track_face(clip, missing="error")
 
 
 def test_blank_frames_at_the_ends_hold_the_nearest_face(video):
     clip = video[:8].clone()
     clip[:2] = 0
     clip[-1] = 0
-    track = face.track_face(clip)
+    track = face_track.track_face(clip)
     assert track.missing_frames == [0, 1, 7]
     assert torch.equal(track.boxes[0], track.boxes[2]) and torch.equal(track.boxes[1], track.boxes[2])
     assert torch.equal(track.boxes[7], track.boxes[6])
@@ -169,12 +169,12 @@ def test_blank_frames_at_the_ends_hold_the_nearest_face(video):
 
 def test_no_face_anywhere_says_what_to_do():
     with pytest.raises(NoFaceError, match=r"no face was found in any of the 4 frames; use a clip"):
-        face.track_face(torch.zeros(4, 128, 128, 3))
+        face_track.track_face(torch.zeros(4, 128, 128, 3))
 
 
 def test_face_index_beyond_the_faces_present(video):
     with pytest.raises(NoFaceError, match=r"face_index 1 .* no frame shows more than 1 face.*set face_index to 0"):
-        face.track_face(video[:2], face_index=1)
+        face_track.track_face(video[:2], face_index=1)
 
 
 def test_face_index_picks_and_keeps_one_of_two_people(video, media_dir):
@@ -182,12 +182,12 @@ def test_face_index_picks_and_keeps_one_of_two_people(video, media_dir):
     small = torch.from_numpy(cv2.resize(ref, (320, 320), interpolation=cv2.INTER_AREA)).float() / 255
     clip = _canvas(video[:40:8], 512, 900, 0, 0)  # driving face (large) on the left
     clip[:, 100:420, 560:880] = small  # reference face (smaller) on the right
-    left = face.track_face(clip, index_mode="largest")
-    right = face.track_face(clip, index_mode="right_to_left")
-    also_right = face.track_face(clip, face_index=1, index_mode="left_to_right")
-    assert (face.box_centres(left.boxes)[:, 0] < 512).all()
+    left = face_track.track_face(clip, index_mode="largest")
+    right = face_track.track_face(clip, index_mode="right_to_left")
+    also_right = face_track.track_face(clip, face_index=1, index_mode="left_to_right")
+    assert (face_crop.box_centres(left.boxes)[:, 0] < 512).all()
     # The smaller face stays chosen on every frame although the larger one is always there.
-    assert (face.box_centres(right.boxes)[:, 0] > 560).all() and right.found.all()
+    assert (face_crop.box_centres(right.boxes)[:, 0] > 560).all() and right.found.all()
     assert torch.allclose(also_right.boxes, right.boxes)
 
 
@@ -195,7 +195,7 @@ def test_relative_f_rts_follows_a_known_translation_and_zoom(video):
     # One real frame on a 768 px canvas, moved and zoomed about the face centre: the true f_rts of step k is
     # (ty_k / L, tx_k / L, z_k) relative to the unmoved face box of side L.
     canvas = _canvas(video[:1], 768, 768, 128, 128)[0].numpy()
-    ref = face.get_detector().detect(face._to_u8(torch.from_numpy(canvas)))[0][:4]
+    ref = face_track.get_detector().detect(face_track._to_u8(torch.from_numpy(canvas)))[0][:4]
     cx, cy = (ref[0] + ref[2]) / 2, (ref[1] + ref[3]) / 2
     zoom = np.linspace(0.8, 1.25, 12)
     shift = np.stack([np.linspace(-60, 80, 12), np.linspace(50, -70, 12)], axis=1)  # (tx, ty) px
@@ -203,8 +203,8 @@ def test_relative_f_rts_follows_a_known_translation_and_zoom(video):
     for z, (tx, ty) in zip(zoom, shift):
         m = np.array([[z, 0, (1 - z) * cx + tx], [0, z, (1 - z) * cy + ty]], dtype=np.float32)
         warped.append(cv2.warpAffine(canvas, m, (768, 768), borderValue=(BACKGROUND,) * 3))
-    track = face.track_face(torch.from_numpy(np.stack(warped)))
-    f_rts = face.compute_f_rts(track.boxes, ref, "relative")
+    track = face_track.track_face(torch.from_numpy(np.stack(warped)))
+    f_rts = face_crop.compute_f_rts(track.boxes, ref, "relative")
     side = max(ref[2] - ref[0], ref[3] - ref[1])
     truth = torch.tensor(np.stack([shift[:, 1] / side, shift[:, 0] / side, zoom], axis=1)).float()
     error = (f_rts - truth).abs().max(dim=0).values
@@ -215,26 +215,26 @@ def test_relative_f_rts_follows_a_known_translation_and_zoom(video):
 
 def test_f_rts_modes():
     boxes = torch.tensor([[10.0, 20.0, 110.0, 120.0], [30.0, 10.0, 230.0, 210.0]])
-    assert torch.equal(face.compute_f_rts(boxes, None, "official"), torch.tensor([[0.0, 0.0, 1.0]] * 2))
-    rel = face.compute_f_rts(boxes, (10.0, 20.0, 110.0, 120.0), "relative")
+    assert torch.equal(face_crop.compute_f_rts(boxes, None, "official"), torch.tensor([[0.0, 0.0, 1.0]] * 2))
+    rel = face_crop.compute_f_rts(boxes, (10.0, 20.0, 110.0, 120.0), "relative")
     assert torch.allclose(rel, torch.tensor([[0.0, 0.0, 1.0], [0.4, 0.7, 2.0]]))  # (dy, dx, scale)
     with pytest.raises(ValueError, match="needs a reference face box"):
-        face.compute_f_rts(boxes, None, "relative")
+        face_crop.compute_f_rts(boxes, None, "relative")
 
 
 def test_gaussian_filter_matches_scipy():
     ndimage = pytest.importorskip("scipy.ndimage")  # test-only cross-check; the pack has no scipy
     walk = np.random.default_rng(0).normal(size=(230, 2)).cumsum(0)
     for n in (230, 30, 7, 1):
-        ours = face.gaussian_filter1d(walk[:n], 5.0)
+        ours = face_crop.gaussian_filter1d(walk[:n], 5.0)
         assert np.allclose(ours, ndimage.gaussian_filter1d(walk[:n], 5.0, axis=0), atol=1e-10)
 
 
 def test_reference_crops(media_dir):
     image = torch.from_numpy(cv2.cvtColor(cv2.imread(str(media_dir / "ref_image.png")), cv2.COLOR_BGR2RGB)) / 255
-    box = face.get_detector().detect(face._to_u8(image))[0][:4]
+    box = face_track.get_detector().detect(face_track._to_u8(image))[0][:4]
     side = max(box[2] - box[0], box[3] - box[1])
-    crop, info = face.reference_crop(image, box, 512, 512)
+    crop, info = face_crop.reference_crop(image, box, 512, 512)
     assert crop.shape == (512, 512, 3) and info.crop_size == (512, 512) and info.image_size == (512, 512)
     x0, y0, x1, y1 = info.box
     assert abs((x1 - x0) - 2 * side) <= 2 and (x1 - x0) == (y1 - y0)  # official: ~2x the face, square
@@ -243,25 +243,25 @@ def test_reference_crops(media_dir):
     rows = round(-y0 * 512 / (y1 - y0))
     assert crop[: rows - 1].max() == 0 and crop[rows + 1:].max() > 0
     # A portrait output grows the box to 3:4 instead of stretching the face.
-    tall, tall_info = face.reference_crop(image, box, 512, 384)
+    tall, tall_info = face_crop.reference_crop(image, box, 512, 384)
     bx0, by0, bx1, by1 = tall_info.box
     assert tall.shape == (512, 384, 3) and abs((by1 - by0) / (bx1 - bx0) - 4 / 3) < 0.01
     # Motion crop: 1.1x square inside the image, else the raw box.
-    motion = face.reference_motion_crop(image, box)
+    motion = face_crop.reference_motion_crop(image, box)
     assert motion.shape == (1, 3, 224, 224) and -1 <= motion.min() and motion.max() <= 1
-    corner = face.reference_motion_crop(image, (0.0, 0.0, 200.0, 200.0), size=200)
+    corner = face_crop.reference_motion_crop(image, (0.0, 0.0, 200.0, 200.0), size=200)
     assert torch.allclose(corner[0], image[:200, :200].permute(2, 0, 1) * 2 - 1, atol=1e-6)
 
 
 def test_reference_box_shifts_inside_when_it_fits():
-    assert face.reference_box((10.0, 100.0, 60.0, 150.0), (400, 400), 64, 64) == (0, 75, 100, 175)
+    assert face_crop.reference_box((10.0, 100.0, 60.0, 150.0), (400, 400), 64, 64) == (0, 75, 100, 175)
 
 
 def test_draw_track_marks_found_and_missing_frames():
     frames = torch.full((2, 64, 64, 3), 128 / 255)  # exact in uint8
-    track = face.FaceTrack(boxes=torch.tensor([[10.0, 10.0, 40.0, 40.0]] * 2), found=torch.tensor([True, False]))
+    track = face_track.FaceTrack(boxes=torch.tensor([[10.0, 10.0, 40.0, 40.0]] * 2), found=torch.tensor([True, False]))
     crop_boxes = torch.tensor([[5.0, 5.0, 50.0, 50.0]] * 2)
-    out = face.draw_track(frames, track, crop_boxes)
+    out = face_track.draw_track(frames, track, crop_boxes)
     assert out.shape == (2, 64, 64, 3)
     assert out[0, 25, 10, 1] > 0.85 and out[0, 25, 10, 0] < 0.1  # green face box
     assert out[1, 25, 10, 0] > 0.95 and out[1, 25, 10, 1] < 0.2  # red: filled in
@@ -272,10 +272,10 @@ def test_draw_track_marks_found_and_missing_frames():
 
 
 def test_registry_and_argument_checks():
-    assert isinstance(face.get_detector("haar"), face.HaarFaceDetector)
+    assert isinstance(face_track.get_detector("haar"), face_track.HaarFaceDetector)
     with pytest.raises(ValueError, match="available: haar"):
-        face.get_detector("nope")
+        face_track.get_detector("nope")
     with pytest.raises(ValueError, match="missing-face policy"):
-        face.track_face(torch.zeros(1, 8, 8, 3), missing="skip")
+        face_track.track_face(torch.zeros(1, 8, 8, 3), missing="skip")
     with pytest.raises(ValueError, match="face index mode"):
-        face.track_face(torch.zeros(1, 8, 8, 3), index_mode="smallest")
+        face_track.track_face(torch.zeros(1, 8, 8, 3), index_mode="smallest")

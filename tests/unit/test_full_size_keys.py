@@ -24,9 +24,9 @@ import re
 import pytest
 import torch
 
-from xnemo_pack.xnemo_core import checkpoint as ckpt
-from xnemo_pack.xnemo_core import model as xmodel
-from xnemo_pack.xnemo_core.errors import CheckpointError
+from xnemo_pack.xnemo_core.adapters import checkpoint as ckpt
+from xnemo_pack.xnemo_core.adapters import model as xmodel
+from xnemo_pack.xnemo_core.pure.errors import CheckpointError
 
 META = torch.device("meta")
 SD15 = dict(
@@ -281,7 +281,7 @@ def test_unet_keys_convert_one_to_one(full, official_unet):
 def test_load_xnemo_full_size(meta_loader, official_unet):
     from comfy.ldm.modules.attention import CrossAttention
     from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
-    from xnemo_pack.xnemo_core.unet_patch import site_slots
+    from xnemo_pack.xnemo_core.adapters.unet_patch import site_slots
 
     model, bundle = meta_loader()
     unet = model.model.diffusion_model

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from xnemo_pack.xnemo_core.errors import CheckpointError
-from xnemo_pack.xnemo_core.motion_encoder import MotionEncoder, MotionFusion, attention_heads_for_width
+from xnemo_pack.xnemo_core.pure.errors import CheckpointError
+from xnemo_pack.xnemo_core.pure.motion_encoder import MotionEncoder, MotionFusion, attention_heads_for_width
 
 
 def tiny_config(**overrides) -> dict:

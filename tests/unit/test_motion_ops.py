@@ -1,4 +1,4 @@
-"""Motion interpolation and re-timing (xnemo_core.motion_ops), with a stand-in fusion head built here."""
+"""Motion interpolation and re-timing (xnemo_core.pure.motion_ops), with a stand-in fusion head built here."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from xnemo_pack.xnemo_core import motion_ops
-from xnemo_pack.xnemo_core.motion_ops import EASINGS, ease, interpolate, keyframes, lerp, parse_indices, retime, slerp
-from xnemo_pack.xnemo_core.payloads import MotionSequence
+from xnemo_pack.xnemo_core.pure import motion_ops
+from xnemo_pack.xnemo_core.pure.motion_ops import EASINGS, ease, interpolate, keyframes, lerp, parse_indices, retime, slerp
+from xnemo_pack.xnemo_core.pure.payloads import MotionSequence
 
 
 class StandInFusion(torch.nn.Module):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from xnemo_pack.xnemo_core.motion_ops import EASINGS, ease
+from xnemo_pack.xnemo_core.pure.motion_ops import EASINGS, ease
 
 ROOT = Path(__file__).resolve().parents[2]
 JS_FILES = sorted((ROOT / "web" / "js").glob("*.js"))

@@ -1,4 +1,4 @@
-"""Tiny random weights in the official X-NeMo file format, for demos and tests on machines without the real ones.
+"""Tooling, not engine: tiny random weights in the official X-NeMo file format, for demos and tests on machines without the real ones.
 
 The output of a model built from them is noise: they prove that the whole pipeline runs (loading, face tracking,
 conditioning, windowed sampling, decoding, saving), not that it animates. Files are written in the official key
@@ -14,10 +14,13 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint as ckpt
-from .constants import CHECKPOINT_FILES, MODEL_FOLDER
-from .layers import XNeMoSites
-from .motion_encoder import MotionEncoder
+import comfy_harness
+
+comfy_harness.import_pack()  # this repository as the package `xnemo_pack`, as the tests and the demo see it
+from xnemo_pack.xnemo_core.adapters import checkpoint as ckpt  # noqa: E402
+from xnemo_pack.xnemo_core.pure.constants import CHECKPOINT_FILES, MODEL_FOLDER  # noqa: E402
+from xnemo_pack.xnemo_core.pure.layers import XNeMoSites  # noqa: E402
+from xnemo_pack.xnemo_core.pure.motion_encoder import MotionEncoder  # noqa: E402
 
 log = logging.getLogger("xnemo")
 

@@ -21,9 +21,9 @@ import torch
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
 from . import checkpoint as ckpt
-from .errors import CheckpointError
-from .layers import XNeMoSites
-from .motion_encoder import MotionEncoder
+from ..pure.errors import CheckpointError
+from ..pure.layers import XNeMoSites
+from ..pure.motion_encoder import MotionEncoder
 from .unet_patch import apply_xnemo, make_patcher
 
 log = logging.getLogger("xnemo")

@@ -1,6 +1,7 @@
 """Numbers fixed by the official X-NeMo release (see ../shared/docs/xnemo-reference.md)."""
 
 MODEL_FOLDER = "x-nemo"
+PATCH_KEY = "xnemo"        # key of X-NeMo's patches, wrappers and per-call state in transformer_options
 CHECKPOINT_FILES = {
     "denoising_unet": "xnemo_denoising_unet",
     "reference_unet": "xnemo_reference_unet",

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from .constants import CHECKPOINT_FILES, MODEL_FOLDER
-from .errors import CheckpointError
-from .keys import check_keys, listing
+from ..pure.constants import CHECKPOINT_FILES, MODEL_FOLDER
+from ..pure.errors import CheckpointError
+from ..pure.keys import check_keys, listing
 
 log = logging.getLogger("xnemo")
 

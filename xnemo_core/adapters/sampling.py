@@ -25,14 +25,14 @@ import comfy.samplers
 import torch
 import torch.nn.functional as F
 
-from .constants import INIT_BLUR_KERNEL, INIT_BLUR_SIGMA, NUM_TRAIN_TIMESTEPS, TEMPORAL_MAX_FRAMES
-from .errors import IncompatibleModelError, XNeMoError
+from ..pure.constants import INIT_BLUR_KERNEL, INIT_BLUR_SIGMA, NUM_TRAIN_TIMESTEPS, TEMPORAL_MAX_FRAMES
+from ..pure.errors import IncompatibleModelError, XNeMoError
+from ..pure.windows import context_windows, window_offsets, windows_per_step
 from .unet_patch import KEY, MOTION_COND, is_xnemo_model
 
 DEFAULT = "xnemo_ddim"
 SAMPLERS = (DEFAULT, *comfy.samplers.KSampler.SAMPLERS)
 SCHEDULERS = (DEFAULT, *comfy.samplers.KSampler.SCHEDULERS)
-OFFSET_MODES = ("seeded", "none")
 MAX_FRAMES = 100_000
 
 
@@ -80,33 +80,6 @@ def blurred_reference(ref_latent: torch.Tensor, frames: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------------
 # Windows
 # ---------------------------------------------------------------------------------------------------------------
-
-def context_windows(frames: int, length: int, overlap: int, offset: int = 0, closed_loop: bool = True) -> list[list[int]]:
-    """Frame indices of each window of one step.
-
-    Closed loop (official "uniform" schedule): starts 0, L-O, 2(L-O), ... < N, every index shifted by `offset` and
-    wrapped mod N (so the last window joins the clip's end to its start). Open loop: no wrap; the last window ends at
-    the last frame and `offset` moves the inner boundaries.
-    """
-    if frames <= length:
-        return [list(range(frames))]
-    stride = length - overlap
-    if closed_loop:
-        return [[(e + offset) % frames for e in range(j, j + length)] for j in range(0, frames, stride)]
-    shift = offset % stride
-    starts = sorted({0, *range(shift, frames - length, stride), frames - length})
-    return [list(range(s, s + length)) for s in starts]
-
-
-def window_offsets(seed: int, steps: int, length: int, mode: str) -> list[int]:
-    """One offset per step in [0, length): drawn from the seed, so a seed reproduces a clip bit for bit."""
-    if mode == "none":
-        return [0] * steps
-    if mode != "seeded":
-        raise ValueError(f"offset mode must be one of {OFFSET_MODES}, got {mode!r}")
-    g = torch.Generator().manual_seed(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
-    return torch.randint(0, max(length, 1), (steps,), generator=g).tolist()
-
 
 def _slice_conds(conds: list, index: torch.Tensor, frames: int) -> list:
     """Copies of ComfyUI's processed conds with every per-frame model_cond cut to the window's frames."""
@@ -236,8 +209,15 @@ def check_conditioning_frames(positive, negative, frames: int) -> None:
                 )
 
 
-def total_windows(frames: int, s: SampleSettings) -> int:
-    return s.steps * len(context_windows(frames, s.context_length, s.context_overlap, 0, s.closed_loop))
+def run_offsets(s: SampleSettings) -> list[int]:
+    """The window offset of every step of a run with these settings."""
+    return window_offsets(s.seed, s.steps, s.context_length, s.offset_mode)
+
+
+def total_windows(frames: int, s: SampleSettings, offsets: list[int] | None = None) -> int:
+    """UNet passes per CFG branch over the whole run (the progress bar's total), with the run's own offsets."""
+    offsets = run_offsets(s) if offsets is None else offsets
+    return sum(windows_per_step(frames, s.context_length, s.context_overlap, offsets, s.closed_loop))
 
 
 def sample_animation(model, positive, negative, latent_image: torch.Tensor, settings: SampleSettings, *,
@@ -254,8 +234,7 @@ def sample_animation(model, positive, negative, latent_image: torch.Tensor, sett
     check_conditioning_frames(positive, negative, frames)
     model = model.clone()
     plan = WindowPlan(settings.context_length, settings.context_overlap, settings.closed_loop,
-                      offsets if offsets is not None else window_offsets(settings.seed, settings.steps,
-                                                                        settings.context_length, settings.offset_mode),
+                      offsets if offsets is not None else run_offsets(settings),
                       on_window)
     model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, KEY, plan.calc_cond_batch)
     sigmas = make_sigmas(model.get_model_object("model_sampling"), settings.scheduler, settings.steps, settings.denoise)

@@ -11,14 +11,14 @@ from typing import Callable
 
 import torch
 
-from . import face
-from .constants import LATENT_SCALE, MOTION_INPUT_SIZE
-from .errors import IncompatibleModelError, NoFaceError
-from .model import XNeMoBundle
-from .payloads import CropInfo, MotionSequence
-from .reference import compute_reference_bank
-from .sampling import blurred_reference
-from .unet_patch import xnemo_conditioning
+from .pure import face_crop, face_track
+from .pure.constants import LATENT_SCALE, MOTION_INPUT_SIZE
+from .pure.errors import IncompatibleModelError, NoFaceError
+from .adapters.model import XNeMoBundle
+from .pure.payloads import CropInfo, MotionSequence
+from .adapters.reference_bank import compute_reference_bank
+from .adapters.sampling import blurred_reference
+from .adapters.unet_patch import xnemo_conditioning
 
 Progress = Callable[[int, int], None]
 
@@ -37,9 +37,9 @@ class FaceOptions:
 def reference_face_box(image: torch.Tensor, detector: str = "haar", face_index: int = 0,
                        face_order: str = "largest") -> tuple[float, float, float, float]:
     """Face box of a single reference picture [1, H, W, 3]; NoFaceError says what to do when there is none."""
-    image = face.as_rgb(image[:1], "image")
+    image = face_track.as_rgb(image[:1], "image")
     try:
-        track = face.track_face(image, face.get_detector(detector), face_index, face_order, missing="error")
+        track = face_track.track_face(image, face_track.get_detector(detector), face_index, face_order, missing="error")
     except NoFaceError as e:
         if str(e).startswith("face_index"):
             raise NoFaceError(f"reference image: {e}") from None
@@ -51,7 +51,7 @@ def reference_face_box(image: torch.Tensor, detector: str = "haar", face_index: 
 def encode_motion(xnemo: XNeMoBundle, frames: torch.Tensor, options: FaceOptions, fps: float | None = None,
                   reference: torch.Tensor | None = None, progress: Progress | None = None):
     """Driving IMAGE batch [F, H, W, 3] -> (MotionSequence, track preview IMAGE)."""
-    frames = face.as_rgb(frames)
+    frames = face_track.as_rgb(frames)
     n = frames.shape[0]
     total = 2 * n
 
@@ -59,22 +59,22 @@ def encode_motion(xnemo: XNeMoBundle, frames: torch.Tensor, options: FaceOptions
         if progress is not None:
             progress(min(done, n), total)
 
-    detector = face.get_detector(options.detector)
-    track = face.track_face(frames, detector, options.face_index, options.face_order, options.missing_face, tracked)
-    crops = face.driving_crops(frames, track, options.crop_scale, options.smoothing_sigma, MOTION_INPUT_SIZE)
+    detector = face_track.get_detector(options.detector)
+    track = face_track.track_face(frames, detector, options.face_index, options.face_order, options.missing_face, tracked)
+    crops = face_crop.driving_crops(frames, track, options.crop_scale, options.smoothing_sigma, MOTION_INPUT_SIZE)
     ref_box = None
     if options.f_rts_mode == "relative":
         if reference is None:
             raise IncompatibleModelError("f_rts_mode 'relative' measures head motion against the reference face: "
                                          "connect the reference image to Encode Motion, or use 'official'")
         ref_box = reference_face_box(reference, options.detector, options.face_index, options.face_order)
-    f_rts = face.compute_f_rts(track.boxes, ref_box, options.f_rts_mode)
+    f_rts = face_crop.compute_f_rts(track.boxes, ref_box, options.f_rts_mode)
     features = xnemo.encode_faces(crops.crops, progress=None if progress is None else
                                   (lambda done, _: progress(n + done, total)))
     motion = MotionSequence(tokens=xnemo.fuse(features, f_rts), face_features=features, f_rts=f_rts,
                             fusion=xnemo.fusion_head(), boxes=track.boxes, face_found=track.found,
                             fps=float(fps) if fps else None)
-    return motion, face.draw_track(frames, track, crops.crop_boxes)
+    return motion, face_track.draw_track(frames, track, crops.crop_boxes)
 
 
 @dataclass(frozen=True)
@@ -90,15 +90,15 @@ def reference_condition(xnemo: XNeMoBundle, image: torch.Tensor, clip_vision, va
                         width: int, height: int, options: FaceOptions = FaceOptions(),
                         progress: Progress | None = None) -> ReferenceResult:
     """Crop the reference the official way, then CLIP embedding, VAE latent, ReferenceNet bank and the CFG pair."""
-    image = face.as_rgb(image[:1], "image")
+    image = face_track.as_rgb(image[:1], "image")
     box = reference_face_box(image, options.detector, options.face_index, options.face_order)
-    crop_image, crop = face.reference_crop(image[0], box, height, width)
+    crop_image, crop = face_crop.reference_crop(image[0], box, height, width)
     crop_image = crop_image.unsqueeze(0)
     steps = 4
     _tick(progress, 1, steps)
 
     # Negative motion: the reference face's own expression, box parameter [0, 0, 1] (official uncond branch).
-    motion_crop = face.reference_motion_crop(image[0], box, options.crop_scale, MOTION_INPUT_SIZE)
+    motion_crop = face_crop.reference_motion_crop(image[0], box, options.crop_scale, MOTION_INPUT_SIZE)
     reference_tokens = xnemo.fuse(xnemo.encode_faces(motion_crop), torch.tensor([[0.0, 0.0, 1.0]]))
     _tick(progress, 2, steps)
 

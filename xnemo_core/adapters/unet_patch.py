@@ -25,11 +25,12 @@ import torch
 from comfy.ldm.modules.attention import optimized_attention
 from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock, SpatialTransformer
 
-from .constants import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS
-from .errors import IncompatibleModelError
-from .layers import XNeMoSite, sdpa_attention
+from ..pure.constants import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS, PATCH_KEY
+from ..pure.errors import IncompatibleModelError
+from ..pure.layers import XNeMoSite, sdpa_attention
+from .reference_bank import ReferenceAttentionPatch, ReferenceBank
 
-KEY = "xnemo"
+KEY = PATCH_KEY
 MOTION_COND = "xnemo_motion"   # CONDRegular [F, 32, 16]: motion tokens per frame
 REF_COND = "xnemo_ref"         # CONDRegular [F, 1]: 1 where the row reads the reference bank
 BANK_COND = "xnemo_bank"       # CONDConstant(ReferenceBank): same object on positive and negative, so they batch
@@ -44,22 +45,6 @@ class XNeMoModelSampling(comfy.model_sampling.ModelSamplingDiscrete, comfy.model
         super().__init__()
         betas = torch.linspace(BETA_START ** 0.5, BETA_END ** 0.5, NUM_TRAIN_TIMESTEPS, dtype=torch.float32) ** 2
         self._register_schedule(given_betas=betas, linear_start=BETA_START, linear_end=BETA_END)
-
-
-class ReferenceBank:
-    """ReferenceNet attn1 inputs (post-norm1 hidden states) per transformer block, computed once per run.
-
-    `blocks` maps ComfyUI's (block kind, block id, depth index) to a [1, H*W, C] tensor. Kept in float16 like the
-    official reader (ReferenceAttentionControl.update casts the bank to fp16); no `__eq__`, so two conditionings carry
-    "the same bank" only when they hold the same object (CONDConstant batching).
-    """
-
-    def __init__(self, blocks: dict[tuple, torch.Tensor], latent_hw: tuple[int, int]):
-        self.blocks = blocks
-        self.latent_hw = latent_hw
-
-    def get(self, key: tuple, device, dtype) -> torch.Tensor:
-        return self.blocks[key].to(device=device, dtype=dtype)
 
 
 @dataclass
@@ -176,39 +161,6 @@ def _check_window(frame_ids, transformer_options: dict, frames: int) -> None:
             "frames-as-batch conditioning only in later releases): sample long clips with X-NeMo Sample Animation, "
             "or update ComfyUI"
         )
-
-
-class ReferenceAttentionPatch:
-    """attn1_patch: keys/values = [own tokens ; reference tokens] for rows that use the reference.
-
-    Rows that don't (the unconditional branch) get [own ; own], which is exactly plain self-attention (every key
-    twice, softmax weights halve) while keeping the batch one tensor.
-    """
-
-    def __call__(self, n, context_attn1, value_attn1, extra_options):
-        state: CallState | None = extra_options.get(KEY)
-        if state is None or state.bank is None or not bool(state.use_reference.any()):
-            return n, context_attn1, value_attn1
-        key = (*extra_options["block"], extra_options.get("block_index", 0))
-        if key not in state.bank.blocks:
-            return n, context_attn1, value_attn1
-        ref = state.bank.get(key, n.device, n.dtype)
-        if ref.shape[1:] != n.shape[1:]:
-            raise IncompatibleModelError(
-                f"the reference was encoded for a {state.bank.latent_hw[1] * 8}x{state.bank.latent_hw[0] * 8} image but "
-                f"the latent being sampled has another size: use the LATENT from X-NeMo Reference Condition, or set "
-                f"its width/height to the size you sample at"
-            )
-        flags = state.use_reference.to(n.device).view(-1, 1, 1)
-        extra = torch.where(flags, ref.expand_as(n), n)
-        kv = torch.cat([n, extra], dim=1)
-        return n, kv, kv
-
-    def to(self, device_or_dtype):
-        return self
-
-    def __deepcopy__(self, memo):
-        return self
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Pure rooms: torch, numpy and OpenCV only; nothing here imports ComfyUI (tests/unit/test_layout.py)."""

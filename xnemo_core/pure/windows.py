@@ -1,0 +1,44 @@
+"""Sliding context windows: which frames each window of each step holds, and how many windows a run makes.
+
+The one source of window counts: the sampler, its progress bar, the frontend readout (through the pack's route) and
+the tests all use these functions. Pure room: torch only (for the seeded offsets).
+"""
+
+from __future__ import annotations
+
+import torch
+
+OFFSET_MODES = ("seeded", "none")
+
+
+def context_windows(frames: int, length: int, overlap: int, offset: int = 0, closed_loop: bool = True) -> list[list[int]]:
+    """Frame indices of each window of one step.
+
+    Closed loop (official "uniform" schedule): starts 0, L-O, 2(L-O), ... < N, every index shifted by `offset` and
+    wrapped mod N (so the last window joins the clip's end to its start). Open loop: no wrap; the last window ends at
+    the last frame and `offset` moves the inner boundaries.
+    """
+    if frames <= length:
+        return [list(range(frames))]
+    stride = length - overlap
+    if closed_loop:
+        return [[(e + offset) % frames for e in range(j, j + length)] for j in range(0, frames, stride)]
+    shift = offset % stride
+    starts = sorted({0, *range(shift, frames - length, stride), frames - length})
+    return [list(range(s, s + length)) for s in starts]
+
+
+def window_offsets(seed: int, steps: int, length: int, mode: str) -> list[int]:
+    """One offset per step in [0, length): drawn from the seed, so a seed reproduces a clip bit for bit."""
+    if mode == "none":
+        return [0] * steps
+    if mode != "seeded":
+        raise ValueError(f"offset mode must be one of {OFFSET_MODES}, got {mode!r}")
+    g = torch.Generator().manual_seed(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
+    return torch.randint(0, max(length, 1), (steps,), generator=g).tolist()
+
+
+def windows_per_step(frames: int, length: int, overlap: int, offsets: list[int], closed_loop: bool = True) -> list[int]:
+    """Number of windows of each step. Closed loop: the same for every offset. Open loop: the offset moves the inner
+    boundaries, so one step may run one window more than another (50 frames at 24/4: 3 or 4)."""
+    return [len(context_windows(frames, length, overlap, offset, closed_loop)) for offset in offsets]
