@@ -6,6 +6,7 @@ from comfy_api.latest import io
 
 from ..xnemo_core.pure.motion_ops import EASINGS, METHODS, interpolate, parse_indices, retime
 from ..xnemo_core.pure.motion_ops import keyframes as keyframe_path  # `keyframes` is also an input id
+from .checks import check_named
 from .types import CATEGORY, XNeMoMotion
 
 
@@ -34,15 +35,18 @@ class XNeMoInterpolateMotion(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, keyframes: str = "", retime_fps: float = 0.0) -> bool | str:
+    def validate_inputs(cls, keyframes: str | None = None, method: str | None = None,
+                        easing: str | None = None) -> bool | str:
+        # Named inputs only: ComfyUI's own checks stay on for the rest (see nodes/checks.py).
+        checked = check_named(cls, method=method, easing=easing)
+        if checked is not True:
+            return checked
         try:
             indices = parse_indices(keyframes or "")
         except ValueError as error:
             return str(error)
         if len(indices) == 1:
             return f"keyframes needs at least 2 indices, got '{keyframes}'; e.g. '0, 40, 80'"
-        if retime_fps < 0:
-            return f"retime_fps must be 0 (keep) or above, got {retime_fps}"
         return True
 
     @classmethod

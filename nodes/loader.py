@@ -7,6 +7,7 @@ from comfy_api.latest import io
 
 from ..xnemo_core.pure.constants import CHECKPOINT_FILES, MODEL_FOLDER
 from ..xnemo_core.adapters.model import WEIGHT_DTYPES, XNeMoFiles, load_xnemo
+from .checks import check_named
 from .types import CATEGORY, XNeMo
 
 SLOTS = tuple(CHECKPOINT_FILES)  # denoising_unet, reference_unet, motion_encoder, temporal_module
@@ -53,13 +54,15 @@ class XNeMoLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, **inputs) -> bool | str:
-        for slot in SLOTS:
-            name = inputs.get(slot)
+    def validate_inputs(cls, denoising_unet: str | None = None, reference_unet: str | None = None,
+                        motion_encoder: str | None = None, temporal_module: str | None = None,
+                        weight_dtype: str | None = None) -> bool | str:
+        # Named inputs only: ComfyUI's own checks stay on for the rest (see nodes/checks.py).
+        for slot, name in zip(SLOTS, (denoising_unet, reference_unet, motion_encoder, temporal_module)):
             if name is not None and folder_paths.get_full_path(MODEL_FOLDER, name) is None:
                 return (f"{slot}: {name} is not in models/{MODEL_FOLDER}/. Put the official "
                         f"{CHECKPOINT_FILES[slot]}.pth there and refresh.")
-        return True
+        return check_named(cls, weight_dtype=weight_dtype)
 
     @classmethod
     def execute(cls, denoising_unet: str, reference_unet: str, motion_encoder: str, temporal_module: str,

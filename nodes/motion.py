@@ -8,6 +8,7 @@ from comfy_api.latest import io
 
 from ..xnemo_core.pure import face_crop, face_track
 from ..xnemo_core.pipeline import FaceOptions, encode_motion
+from .checks import check_named
 from .types import CATEGORY, XNeMo, XNeMoMotion
 
 
@@ -63,6 +64,13 @@ class XNeMoEncodeMotion(io.ComfyNode):
             ],
             is_experimental=True,
         )
+
+    @classmethod
+    def validate_inputs(cls, detector: str | None = None, face_order: str | None = None,
+                        missing_face: str | None = None, f_rts_mode: str | None = None) -> bool | str:
+        # Dropdowns only: ComfyUI's own min/max checks stay on for the numbers (see nodes/checks.py).
+        return check_named(cls, detector=detector, face_order=face_order, missing_face=missing_face,
+                           f_rts_mode=f_rts_mode)
 
     @classmethod
     def execute(cls, xnemo, images: torch.Tensor, detector: str, face_index: int, face_order: str,

@@ -8,6 +8,7 @@ from comfy_api.latest import io
 
 from ..xnemo_core.pipeline import FaceOptions, reference_condition
 from ..xnemo_core.pure.payloads import MotionSequence
+from .checks import check_named
 from .motion import face_inputs
 from .types import CATEGORY, XNeMo, XNeMoCrop, XNeMoMotion
 
@@ -54,7 +55,12 @@ class XNeMoReferenceCondition(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, width: int | None = None, height: int | None = None, **_) -> bool | str:
+    def validate_inputs(cls, width: int | None = None, height: int | None = None, detector: str | None = None,
+                        face_order: str | None = None) -> bool | str:
+        # Named inputs only: ComfyUI's own checks stay on for the rest (see nodes/checks.py).
+        checked = check_named(cls, detector=detector, face_order=face_order)
+        if checked is not True:
+            return checked
         for name, value in (("width", width), ("height", height)):
             if value is not None and (value % 64 or not 64 <= value <= MAX_SIDE):
                 return (f"{name} is {value}: it must be a multiple of 64 between 64 and {MAX_SIDE} "

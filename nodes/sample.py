@@ -11,6 +11,7 @@ from ..xnemo_core.adapters import sampling
 from ..xnemo_core.pure.windows import OFFSET_MODES
 from ..xnemo_core.pure.constants import (DEFAULT_CFG, DEFAULT_CONTEXT_LENGTH, DEFAULT_CONTEXT_OVERLAP, DEFAULT_STEPS,
                                     TEMPORAL_MAX_FRAMES)
+from .checks import check_named
 from .types import CATEGORY
 
 
@@ -33,11 +34,11 @@ class XNeMoSampleAnimation(io.ComfyNode):
                 io.Conditioning.Input("negative", tooltip="negative from X-NeMo Reference Condition."),
                 io.Latent.Input("latent", tooltip="Start latent from X-NeMo Reference Condition (one frame per "
                                 "motion frame)."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                io.Int.Input("seed", default=0, min=0, max=sampling.MAX_SEED, control_after_generate=True,
                              tooltip="Seed for the noise and the window offsets."),
                 io.Int.Input("steps", default=DEFAULT_STEPS, min=1, max=1000,
                              tooltip="Denoising steps (official 35)."),
-                io.Float.Input("cfg", default=DEFAULT_CFG, min=0.0, max=30.0, step=0.1, round=0.01,
+                io.Float.Input("cfg", default=DEFAULT_CFG, min=0.0, max=sampling.MAX_CFG, step=0.1, round=0.01,
                                tooltip="Guidance toward reference appearance + driving motion (official 2.5). Higher "
                                        "exaggerates expressions and contrast; 1 disables the negative branch."),
                 io.Combo.Input("sampler_name", options=list(sampling.SAMPLERS), default=sampling.DEFAULT,
@@ -67,8 +68,13 @@ class XNeMoSampleAnimation(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, steps: int | None = None, denoise: float | None = None, scheduler: str | None = None,
-                        context_length: int | None = None, context_overlap: int | None = None, **_) -> bool | str:
-        # With **_ ComfyUI skips its own min/max checks for every input, so the ranges are checked here.
+                        sampler_name: str | None = None, offset_mode: str | None = None,
+                        context_length: int | None = None, context_overlap: int | None = None) -> bool | str:
+        # Named inputs only (checked together); ComfyUI's own min/max checks stay on for seed, cfg and the rest.
+        checked = check_named(cls, steps=steps, denoise=denoise, scheduler=scheduler, sampler_name=sampler_name,
+                              offset_mode=offset_mode, context_length=context_length, context_overlap=context_overlap)
+        if checked is not True:
+            return checked
         if context_length is not None and context_overlap is not None and context_overlap >= context_length:
             return (f"context_overlap ({context_overlap}) must be smaller than context_length ({context_length}); "
                     f"the official setting is 24 / 4")

@@ -8,7 +8,9 @@ ViT-L + SD VAE of `demo_weights` for the network test).
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -81,10 +83,26 @@ def test_several_faces_follow_face_index(xnemo, portrait):
 
 
 def test_sample_validate_inputs_checks_ranges():
-    assert XNeMoSampleAnimation.validate_inputs(steps=0) == "steps is 0: it must be at least 1 (the official value is 35)"
+    assert XNeMoSampleAnimation.validate_inputs(steps=0) == "steps is 0: the smallest allowed value is 1"
     assert "context_length is 0" in XNeMoSampleAnimation.validate_inputs(context_length=0)
     assert "denoise is 0.0" in XNeMoSampleAnimation.validate_inputs(denoise=0.0)
+    assert "steps / denoise is 1000" in XNeMoSampleAnimation.validate_inputs(steps=500, denoise=0.5)
+    assert "scheduler is 'nope', which is not one of: xnemo_ddim" in XNeMoSampleAnimation.validate_inputs(scheduler="nope")
+    assert "context_overlap (4) must be smaller" in XNeMoSampleAnimation.validate_inputs(context_length=4,
+                                                                                          context_overlap=4)
     assert XNeMoSampleAnimation.validate_inputs(steps=1, context_length=1, context_overlap=0) is True
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"seed": -1}, "seed is -1: use a whole number from 0 to 18446744073709551615"),
+    ({"seed": 2**64}, "seed is 18446744073709551616"),
+    ({"cfg": -0.5}, "cfg is -0.5: use 0..30"),
+    ({"cfg": float("nan")}, "cfg is nan"),
+])
+def test_sample_settings_refuse_seed_and_cfg_out_of_range(change, message):
+    """For callers that skip ComfyUI's queue-time checks (in-process use): the same ranges as the node's inputs."""
+    with pytest.raises(XNeMoError, match=re.escape(message)):
+        replace(sampling.SampleSettings(), **change).validate(8)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

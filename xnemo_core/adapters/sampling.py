@@ -34,6 +34,8 @@ DEFAULT = "xnemo_ddim"
 SAMPLERS = (DEFAULT, *comfy.samplers.KSampler.SAMPLERS)
 SCHEDULERS = (DEFAULT, *comfy.samplers.KSampler.SCHEDULERS)
 MAX_FRAMES = 100_000
+MAX_SEED = 0xFFFFFFFFFFFFFFFF  # ComfyUI's seed range (64-bit)
+MAX_CFG = 30.0
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -168,6 +170,11 @@ class SampleSettings:
     offset_mode: str = "seeded"
 
     def validate(self, frames: int, max_window: int = TEMPORAL_MAX_FRAMES) -> None:
+        if not 0 <= self.seed <= MAX_SEED:
+            raise XNeMoError(f"seed is {self.seed}: use a whole number from 0 to {MAX_SEED}")
+        if not 0.0 <= self.cfg <= MAX_CFG:  # also refuses NaN
+            raise XNeMoError(f"cfg is {self.cfg}: use 0..{MAX_CFG:g} (the official value is 2.5; 1 turns the "
+                             f"negative branch off)")
         if self.steps < 1:
             raise XNeMoError(f"steps is {self.steps}: it must be at least 1 (the official value is 35)")
         if not 0.0 < self.denoise <= 1.0:
