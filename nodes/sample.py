@@ -71,8 +71,7 @@ class XNeMoSampleAnimation(io.ComfyNode):
                         sampler_name: str | None = None, offset_mode: str | None = None,
                         context_length: int | None = None, context_overlap: int | None = None) -> bool | str:
         # Named inputs only (checked together); ComfyUI's own min/max checks stay on for seed, cfg and the rest.
-        checked = check_named(cls, steps=steps, denoise=denoise, scheduler=scheduler, sampler_name=sampler_name,
-                              offset_mode=offset_mode, context_length=context_length, context_overlap=context_overlap)
+        checked = check_named(cls, scheduler=scheduler, sampler_name=sampler_name, offset_mode=offset_mode)
         if checked is not True:
             return checked
         if context_length is not None and context_overlap is not None and context_overlap >= context_length:
@@ -86,7 +85,9 @@ class XNeMoSampleAnimation(io.ComfyNode):
                                     context_overlap=0).validate(1)
         except ValueError as e:
             return str(e)
-        return True
+        # what the settings check leaves to the schema (e.g. steps above the maximum with another scheduler)
+        return check_named(cls, steps=steps, denoise=denoise, context_length=context_length,
+                           context_overlap=context_overlap)
 
     @classmethod
     def execute(cls, model, positive, negative, latent: dict, seed: int, steps: int, cfg: float, sampler_name: str,

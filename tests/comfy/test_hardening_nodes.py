@@ -83,7 +83,11 @@ def test_several_faces_follow_face_index(xnemo, portrait):
 
 
 def test_sample_validate_inputs_checks_ranges():
-    assert XNeMoSampleAnimation.validate_inputs(steps=0) == "steps is 0: the smallest allowed value is 1"
+    assert XNeMoSampleAnimation.validate_inputs(steps=0) == "steps is 0: it must be at least 1 (the official value is 35)"
+    assert XNeMoSampleAnimation.validate_inputs(steps=1001, scheduler="normal") == (
+        "steps is 1001: the largest allowed value is 1000")
+    assert "context_overlap is -1: the smallest allowed value is 0" in XNeMoSampleAnimation.validate_inputs(
+        context_overlap=-1)
     assert "context_length is 0" in XNeMoSampleAnimation.validate_inputs(context_length=0)
     assert "denoise is 0.0" in XNeMoSampleAnimation.validate_inputs(denoise=0.0)
     assert "steps / denoise is 1000" in XNeMoSampleAnimation.validate_inputs(steps=500, denoise=0.5)
