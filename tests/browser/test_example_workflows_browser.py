@@ -1,25 +1,28 @@
-"""Each example workflow in the real ComfyUI frontend, in Debian's headless chromium against the test server.
+"""Each example workflow in the real ComfyUI frontend, in Debian's headless chromium against a test server.
 
-Asserts per workflow: every node type is registered and the frontend flags none as missing, the page logs no console
-errors, our JS extensions are registered, our display widgets exist and are drawn, the frontend's own serialization
-gives back the file's widgets_values, and its "Export (API)" equals our committed API twin. Screenshots go to
-test-artifacts/browser/ (with XNEMO_UPDATE_DOCS_SCREENSHOT=1 the main workflow's also to docs/images/, shown in the README).
+Runs against two frontends (the one ComfyUI 0.3.75 pins and the newest on PyPI, see conftest.py): the newest in the
+classic canvas and in the Vue node rendering mode, the pinned one in the classic canvas. Asserts per workflow: every node type is registered and the frontend flags
+none as missing, the page logs no console errors, our JS extensions are registered, our display widgets exist, are
+drawn and visibly change the screenshot, the frontend's own serialization gives back the file's widgets_values, and
+its "Export (API)" equals our committed API twin. Screenshots go to test-artifacts/browser/ (with
+XNEMO_UPDATE_DOCS_SCREENSHOT=1 the main workflow's pinned classic one also to docs/images/, shown in the README).
 
 Ignored console errors, each unrelated to this pack:
 - "Failed to load resource" for requests this test aborts (anything not on the 127.0.0.1 test server: tests never
   reach the network; the frontend asks api.comfy.org about releases and nodes) and for the 404s of a fresh user
   folder (user.css, favicon, userdata listings, comfy.templates.json);
 - the frontend's own startup "TypeError: Cannot read properties of undefined (reading 'id') at onChange": frontend
-  1.32.9 raises it on a fresh profile with no custom nodes at all (checked with --disable-all-custom-nodes).
-The missing-models warning is turned off: the test server has no model files, and the dialog would fetch the model
-URLs (network). Model entries are checked in tests/server/test_example_workflows.py instead.
+  1.32.9 raises it on a fresh profile with no custom nodes at all (checked with --disable-all-custom-nodes);
+- newer frontends read the queue and history from `/api/jobs`, a route ComfyUI 0.3.75 does not have: its 404s and
+  the "JobsApiError: Failed to fetch jobs: 404" the frontend logs about them (checked with --disable-all-custom-nodes).
 """
 
 from __future__ import annotations
 
+import io
 import json
-import re
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -36,10 +39,15 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
 FRESH_PROFILE_404 = re.compile(r"/(user\.css|favicon\.ico|api/userdata\b.*)$")
+JOBS_API_404 = re.compile(r"/api/jobs\?")
 FRONTEND_STARTUP_BUG = "TypeError: Cannot read properties of undefined (reading 'id')\n    at onChange"
+JOBS_API_ERROR = "JobsApiError: Failed to fetch jobs: 404"
 OUR_WIDGETS = {"XNeMoInterpolateMotion": "easing_preview", "XNeMoSampleAnimation": "window_readout"}
 EXTENSIONS = sorted(set(re.findall(r'name:\s*"(XNeMo\.[A-Za-z]+)"',
                                    "".join(p.read_text() for p in (ROOT / "web" / "js").glob("*.js")))))
+MODES = {"classic": False, "vue": True}  # value of the setting Comfy.VueNodes.Enabled
+RUNS = [("pinned", "classic"), ("newest", "classic"), ("newest", "vue")]  # (frontend, node rendering mode)
+MIN_CHANGED_PIXELS = 40  # pixels our widget's drawing must change in its own screen area (text or curve)
 
 READY = "() => window.app?.graph && window.LiteGraph?.registered_node_types?.['XNeMoLoader'] && app.extensions.length"
 FIT_VIEW = """() => {
@@ -54,45 +62,70 @@ FIT_VIEW = """() => {
   app.canvas.ds.offset = [(cw / scale - (x1 - x0)) / 2 - x0, top / scale - y0];
   app.canvas.setDirty(true, true);
 }"""
-# Wrap our widgets' draw() with a counter, redraw the canvas, and report what was drawn.
-COUNT_DRAWS = """(wanted) => {
+# Wrap our widgets' draw(): count calls, record where on the page the widget drew (from the context's transform, so
+# it works for the main canvas and for the per-widget canvas of Vue nodes), and skip the drawing while
+# window.__xnemoHide is set. Then redraw both ways.
+INSTRUMENT = """(wanted) => {
   const out = {};
+  window.__xnemoHide = false;
   for (const node of app.graph._nodes) {
     const name = wanted[node.type];
     if (!name) continue;
     const widget = node.widgets?.find((w) => w.name === name);
-    const entry = { found: !!widget, serialize: widget?.serialize, optionsSerialize: widget?.options?.serialize,
-                    draws: 0 };
+    const entry = { type: node.type, found: !!widget, serialize: widget?.serialize,
+                    optionsSerialize: widget?.options?.serialize, draws: 0, rect: null };
     if (widget) {
-      const draw = widget.draw;
-      widget.draw = function () { entry.draws += 1; return draw.apply(this, arguments); };
+      const draw = widget.__xnemoDraw ?? widget.draw;
+      widget.__xnemoDraw = draw;
+      widget.draw = function (ctx, drawNode, width, y, height) {
+        entry.draws += 1;
+        const m = ctx.getTransform(), el = ctx.canvas, r = el.getBoundingClientRect();
+        const sx = r.width / el.width, sy = r.height / el.height;
+        const h = this.computeSize ? this.computeSize(width)[1] : height;
+        entry.rect = { x: r.left + m.e * sx, y: r.top + (m.f + m.d * y) * sy, width: m.a * width * sx,
+                       height: m.d * h * sy };
+        if (!window.__xnemoHide) return draw.apply(this, arguments);
+      };
     }
-    out[node.id] = [node.type, entry];
+    out[node.id] = entry;
   }
+  window.__xnemoDraws = out;
+}"""
+REDRAW = """(hide) => {
+  window.__xnemoHide = hide;
+  for (const node of app.graph._nodes) for (const w of node.widgets ?? []) if (w.__xnemoDraw) w.triggerDraw?.();
+  app.canvas.setDirty(true, true);
   app.canvas.draw(true, true);
-  return out;
 }"""
 
 
-@pytest.fixture(scope="module")
-def page(comfy_server, comfy_client, media_dir):
+def _console_filter(local: str, aborted: set[str]):
+    def wanted(text: str, url: str) -> bool:
+        if text.startswith("Failed to load resource") and (
+                url in aborted or not url.startswith(local) or FRESH_PROFILE_404.search(url) or JOBS_API_404.search(url)):
+            return False
+        return not (text.startswith(FRONTEND_STARTUP_BUG) or JOBS_API_ERROR in text)
+    return wanted
+
+
+@pytest.fixture(scope="module", params=RUNS, ids=["-".join(run) for run in RUNS])
+def page(request, frontend_server):
     playwright_api = pytest.importorskip("playwright.sync_api")
     if not CHROMIUM.is_file():
         pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (scripts/setup.sh does, as root)")
-
-    # Files the workflows name, so the loaders' previews resolve; no tutorial, no missing-models probe.
-    comfy_client.upload_image(media_dir / "ref_image.png", name="xnemo_portrait.png")
-    for wf in WORKFLOWS:
-        for node in json.loads((EXAMPLES / f"{wf}.json").read_text())["nodes"]:
-            if node["type"] == "LoadVideo":
-                comfy_client.upload_image(media_dir / "driving_video.mp4", name=node["widgets_values"][0])
-    status, body = comfy_client.post_json("/settings", {"Comfy.TutorialCompleted": True,
-                                                        "Comfy.Workflow.ShowMissingModelsWarning": False})
+    frontend_name, mode = request.param
+    server = frontend_server(frontend_name)
+    client = server.client()
+    # No tutorial, no missing-models probe; the node rendering mode under test.
+    status, body = client.post_json("/settings", {"Comfy.TutorialCompleted": True,
+                                                  "Comfy.Workflow.ShowMissingModelsWarning": False,
+                                                  "Comfy.VueNodes.Enabled": MODES[mode]})
     assert status == 200, body
 
     errors: list[str] = []
     aborted: set[str] = set()
-    local = comfy_server.url
+    local = server.url
+    wanted = _console_filter(local, aborted)
 
     def on_route(route):
         if route.request.url.startswith(local):
@@ -102,16 +135,8 @@ def page(comfy_server, comfy_client, media_dir):
             route.abort()
 
     def on_console(message):
-        if message.type != "error":
-            return
-        url = (message.location or {}).get("url", "")
-        text = message.text
-        if text.startswith("Failed to load resource") and (
-                url in aborted or not url.startswith(local) or FRESH_PROFILE_404.search(url)):
-            return
-        if text.startswith(FRONTEND_STARTUP_BUG):
-            return
-        errors.append(text)
+        if message.type == "error" and wanted(message.text, (message.location or {}).get("url", "")):
+            errors.append(message.text)
 
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -125,9 +150,19 @@ def page(comfy_server, comfy_client, media_dir):
             pg.wait_for_function(READY, timeout=120_000)
             pg.wait_for_timeout(1000)  # let the extensions' setup and the first draw settle
             pg.console_errors = errors
+            pg.label = f"{frontend_name}-{server.frontend.version}-{mode}"
+            pg.frontend, pg.mode = server.frontend, mode
+            pg.client = client
             yield pg
         finally:
             browser.close()
+
+
+def test_frontend_version_and_mode(page):
+    """The page runs the frontend and the node rendering mode this run is about."""
+    assert page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__") == page.frontend.version
+    vue = page.evaluate("() => app.extensionManager?.setting?.get?.('Comfy.VueNodes.Enabled') ?? null")
+    assert vue is MODES[page.mode], (page.label, vue)
 
 
 def test_page_loads_without_console_errors(page):
@@ -141,56 +176,95 @@ def test_our_extensions_are_registered(page):
     assert len(names) == len(set(names)), "an extension was registered twice"
 
 
+def _changed_pixels(a: bytes, b: bytes) -> int:
+    from PIL import Image, ImageChops
+
+    first, second = Image.open(io.BytesIO(a)).convert("RGB"), Image.open(io.BytesIO(b)).convert("RGB")
+    diff = ImageChops.difference(first, second).convert("L")
+    return sum(diff.point(lambda v: 255 if v > 40 else 0).histogram()[255:])
+
+
+def _check_our_widgets(page, workflow: dict, label: str, shots: Path) -> None:
+    """Our display widgets exist, stay out of both serializations, are drawn, and their drawing shows on screen."""
+    page.evaluate(FIT_VIEW)
+    page.wait_for_timeout(300)
+    page.evaluate(INSTRUMENT, OUR_WIDGETS)
+    page.evaluate(REDRAW, False)
+    page.wait_for_timeout(300)
+    drawn = page.evaluate("() => window.__xnemoDraws")
+    wanted = {n["type"] for n in workflow["nodes"]} & set(OUR_WIDGETS)
+    assert {entry["type"] for entry in drawn.values()} == wanted
+    viewport = page.viewport_size
+    for node_id, entry in drawn.items():
+        kind = entry["type"]
+        assert entry["found"], f"{label}: {kind} #{node_id} has no {OUR_WIDGETS[kind]} widget"
+        assert entry["serialize"] is False and entry["optionsSerialize"] is False, (kind, entry)
+        assert entry["draws"] > 0 and entry["rect"], f"{label}: {kind} #{node_id}: {OUR_WIDGETS[kind]} was not drawn"
+        r = entry["rect"]
+        x0, y0 = max(0.0, r["x"]), max(0.0, r["y"])
+        clip = {"x": x0, "y": y0, "width": min(viewport["width"], r["x"] + r["width"]) - x0,
+                "height": min(viewport["height"], r["y"] + r["height"]) - y0}
+        assert clip["width"] > 20 and clip["height"] > 10, f"{label}: {kind} #{node_id} drew off screen: {r}"
+        shown = page.screenshot(clip=clip)
+        page.evaluate(REDRAW, True)
+        page.wait_for_timeout(300)
+        hidden = page.screenshot(clip=clip)
+        page.evaluate(REDRAW, False)
+        page.wait_for_timeout(300)
+        (shots / f"{kind}-{node_id}-widget.png").write_bytes(shown)
+        changed = _changed_pixels(shown, hidden)
+        assert changed >= MIN_CHANGED_PIXELS, (
+            f"{label}: {kind} #{node_id}: drawing {OUR_WIDGETS[kind]} changed only {changed} pixels of its area {clip}")
+
+
 @pytest.mark.parametrize("stem", WORKFLOWS)
-def test_example_workflow_in_the_frontend(page, comfy_client, artifacts_dir, stem):
+def test_example_workflow_in_the_frontend(page, artifacts_dir, stem):
     workflow = json.loads((EXAMPLES / f"{stem}.json").read_text(encoding="utf-8"))
     api_twin = json.loads((EXAMPLES / "api" / f"{stem}.json").read_text(encoding="utf-8"))
     before = len(page.console_errors)
+    label = f"{stem} [{page.label}]"
+    shots = artifacts_dir / "browser" / page.label
+    shots.mkdir(parents=True, exist_ok=True)
 
     types = sorted({n["type"] for n in workflow["nodes"]})
     missing = page.evaluate("(types) => types.filter((t) => !(t in LiteGraph.registered_node_types))", types)
-    assert missing == [], f"node types unknown to the frontend: {missing}"
+    assert missing == [], f"{label}: node types unknown to the frontend: {missing}"
 
     page.evaluate("async (wf) => { await app.loadGraphData(wf); }", workflow)
-    page.wait_for_timeout(800)
+    page.wait_for_timeout(1500 if page.mode == "vue" else 800)
     flagged = page.evaluate("() => app.graph._nodes.filter((n) => n.has_errors).map((n) => n.type)")
-    assert flagged == [], f"nodes flagged as missing or broken: {flagged}"
-    dialogs = page.locator(".p-dialog").filter(has_text=re.compile(r"missing|not found", re.I))
+    assert flagged == [], f"{label}: nodes flagged as missing or broken: {flagged}"
+    dialogs = page.locator(".p-dialog").filter(has_text=re.compile(r"missing|not found", re.IGNORECASE))
     assert dialogs.count() == 0, dialogs.first.inner_text()
+    if page.mode == "vue":
+        rendered = page.evaluate("() => document.querySelectorAll('[data-node-id]').length")
+        assert rendered == len(workflow["nodes"]), f"{label}: {rendered} Vue nodes for {len(workflow['nodes'])}"
 
-    # Our display widgets exist on our nodes, stay out of both serializations, and are drawn.
-    page.evaluate(FIT_VIEW)
-    drawn = page.evaluate(COUNT_DRAWS, OUR_WIDGETS)
-    wanted = {n["type"] for n in workflow["nodes"]} & set(OUR_WIDGETS)
-    assert {kind for kind, _ in drawn.values()} == wanted
-    for node_id, (kind, entry) in drawn.items():
-        assert entry["found"], f"{kind} #{node_id} has no {OUR_WIDGETS[kind]} widget"
-        assert entry["serialize"] is False and entry["optionsSerialize"] is False, (kind, entry)
-        assert entry["draws"] > 0, f"{kind} #{node_id}: {OUR_WIDGETS[kind]} was not drawn"
+    _check_our_widgets(page, workflow, label, shots)
 
     # The frontend saves the same widgets_values the file holds (so the positional values are where it expects).
     saved = json.loads(page.evaluate("() => JSON.stringify(app.graph.serialize())"))
     saved_values = {n["id"]: n.get("widgets_values") for n in saved["nodes"]}
     for node in workflow["nodes"]:
-        assert (saved_values[node["id"]] or []) == (node.get("widgets_values") or []), (stem, node["id"], node["type"])
+        assert (saved_values[node["id"]] or []) == (node.get("widgets_values") or []), (label, node["id"], node["type"])
 
     # The frontend's own "Export (API)" equals our converter's twin, on the inputs the server defines (the frontend
     # also exports DOM-widget extras such as LoadVideo's 'video-preview', which the server ignores).
     exported = page.evaluate("async () => (await app.graphToPrompt()).output")
-    assert sorted(exported) == sorted(api_twin), (sorted(exported), sorted(api_twin))
-    info = comfy_client.object_info()
+    assert sorted(exported) == sorted(api_twin), (label, sorted(exported), sorted(api_twin))
+    info = page.client.object_info()
     for node_id, node in api_twin.items():
         assert exported[node_id]["class_type"] == node["class_type"]
         spec = info[node["class_type"]]["input"]
         defined = {**spec.get("required", {}), **spec.get("optional", {})}
         inputs = {k: v for k, v in exported[node_id]["inputs"].items() if k in defined}
-        assert inputs == node["inputs"], (stem, node_id, node["class_type"])
+        assert inputs == node["inputs"], (label, node_id, node["class_type"])
 
     page.wait_for_timeout(500)
-    shot = artifacts_dir / "browser" / f"{stem}.png"
-    shot.parent.mkdir(parents=True, exist_ok=True)
+    shot = shots / f"{stem}.png"
     page.screenshot(path=str(shot))
-    if stem == MAIN_WORKFLOW and os.environ.get("XNEMO_UPDATE_DOCS_SCREENSHOT") == "1":
+    if (stem == MAIN_WORKFLOW and page.frontend.name == "pinned" and page.mode == "classic"
+            and os.environ.get("XNEMO_UPDATE_DOCS_SCREENSHOT") == "1"):
         # The README's picture is refreshed on request only, so a test run leaves the checkout clean.
         DOCS_IMAGE.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shot, DOCS_IMAGE)

@@ -1,0 +1,108 @@
+"""Registry metadata and the archive the registry would publish, checked with the registry's own tool (comfy-cli).
+
+comfy-cli lives in its own venv in .tools/comfy-cli/ (scripts/setup.sh puts it there): it drags many dependencies that
+must not enter ComfyUI's environment. It runs offline here: telemetry and its update check off, and any request it
+might still make goes to a proxy that does not exist, so it fails instead of reaching the network.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+COMFY = ROOT / ".tools" / "comfy-cli" / "bin" / "comfy"
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+OFFLINE = {"DO_NOT_TRACK": "1", "COMFY_NO_UPDATE_CHECK": "1", "COMFY_NO_TELEMETRY": "1", "NO_COLOR": "1",
+           **{k: "http://127.0.0.1:9" for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")},
+           "NO_PROXY": "", "no_proxy": ""}
+
+
+def comfy(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    if not COMFY.is_file():
+        pytest.fail(f"comfy-cli not found at {COMFY}: run `bash scripts/setup.sh` (it installs comfy-cli there)")
+    return subprocess.run([str(COMFY), *args], cwd=cwd, capture_output=True, text=True, timeout=300, check=False,
+                          env={**os.environ, **OFFLINE})
+
+
+def requirement_names(lines) -> list[str]:
+    return [re.split(r"[<>=!~;\[ ]", line.strip(), maxsplit=1)[0].lower() for line in lines
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_comfy_node_validate_passes():
+    result = comfy("node", "validate")
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert "All validation checks passed" in out, out
+    assert not re.search(r"warning|error", out, re.IGNORECASE), out  # the registry would drop fields it warns about
+
+
+def test_registry_metadata():
+    project, tool = PYPROJECT["project"], PYPROJECT["tool"]["comfy"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", project["version"])
+    assert project["urls"]["Repository"].startswith("https://github.com/")
+    assert tool["PublisherId"] and tool["DisplayName"]
+    assert tool["requires-comfyui"] == ">=0.3.75"
+    frontend = [d for d in project["dependencies"] if d.startswith("comfyui-frontend-package")]
+    assert frontend == ["comfyui-frontend-package>=1.32.9"], "the frontend range the README states"
+    classifiers = project["classifiers"]
+    assert "Operating System :: OS Independent" in classifiers
+    assert "Environment :: GPU :: NVIDIA CUDA" in classifiers
+
+    # The icon: a real PNG in the repository, where the URL on the main branch points, within the registry's limits.
+    from PIL import Image
+
+    icon = re.fullmatch(r"https://raw\.githubusercontent\.com/[^/]+/[^/]+/main/(.+)", tool["Icon"])
+    assert icon, tool["Icon"]
+    with Image.open(ROOT / icon.group(1)) as image:
+        assert image.format == "PNG" and image.width <= 800 and image.height <= 400, (image.format, image.size)
+
+
+def test_requirements_match_pyproject_and_pin_nothing_of_comfyui():
+    """requirements.txt (what ComfyUI-Manager installs) = pyproject dependencies minus the frontend range; no pins
+    of what ComfyUI's environment owns."""
+    reqs = requirement_names((ROOT / "requirements.txt").read_text().splitlines())
+    deps = requirement_names(d for d in PYPROJECT["project"]["dependencies"]
+                             if not d.startswith("comfyui-frontend-package"))
+    assert reqs == deps
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        name = requirement_names([line])
+        if name and name[0] in {"torch", "torchvision", "numpy", "diffusers", "transformers"}:
+            assert line.strip() == name[0], f"requirements.txt pins {line.strip()!r}: ComfyUI owns that package"
+
+
+def test_published_archive(tmp_path):
+    """`comfy node pack` (the archive `comfy node publish` uploads): the pack, its web files, docs and workflows;
+    none of the tests, test artifacts, tools or local environments."""
+    result = comfy("node", "pack")
+    archive = ROOT / "node.zip"
+    assert result.returncode == 0 and archive.is_file(), result.stdout + result.stderr
+    kept = tmp_path / "node.zip"
+    shutil.move(archive, kept)
+    names = set(zipfile.ZipFile(kept).namelist())
+
+    tracked = set(subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
+                                 check=True).stdout.split())
+    wanted = {"__init__.py", "pyproject.toml", "requirements.txt", "README.md", "LICENSE", "web/icon.png",
+              "nodes/__init__.py", "xnemo_core/__init__.py", "scripts/convert_to_safetensors.py"}
+    wanted |= {p for p in tracked if p.startswith(("web/", "docs/", "example_workflows/", "nodes/", "xnemo_core/"))}
+    assert {p for p in wanted if p.startswith("example_workflows/api/")}, "no API twins tracked?"
+    assert not wanted - names, f"missing from the archive: {sorted(wanted - names)}"
+    for image in re.findall(r"\]\((docs/images/[^)]+)\)", (ROOT / "README.md").read_text()):
+        assert image in names, f"the README shows {image} but the archive lacks it"
+
+    unwanted = re.compile(r"^(tests|\.ci|test-artifacts|demo_output|output|\.tools|\.venv|\.comfyui)/|__pycache__|"
+                          r"\.pyc$|^node\.zip$|\.(pth|pt|ckpt|bin|safetensors)$")
+    assert not sorted(n for n in names if unwanted.search(n)), sorted(n for n in names if unwanted.search(n))
