@@ -10,6 +10,7 @@ pure/ (torch, numpy, OpenCV; never imports ComfyUI or anything outside pure/)
     layers          motion cross-attention and temporal attention sites, feed-forward
     motion_encoder  face crop + f_rts -> 32 x 16 motion tokens
     motion_ops      interpolation and re-timing of motion
+    motion_file     XNEMO_MOTION to and from a versioned .safetensors file (Save / Load Motion)
     face_track      face detection and tracking, face choice, missing-face policies, preview
     face_crop       official crop geometry and f_rts
     windows         sliding context windows and window counts

@@ -1,11 +1,12 @@
 """Each example workflow in the real ComfyUI frontend, in Debian's headless chromium against a test server.
 
 Runs against two frontends (the one ComfyUI 0.3.75 pins and the newest on PyPI, see conftest.py): the newest in the
-classic canvas and in the Vue node rendering mode, the pinned one in the classic canvas. Asserts per workflow: every node type is registered and the frontend flags
-none as missing, the page logs no console errors, our JS extensions are registered, our display widgets exist, are
-drawn and visibly change the screenshot, the frontend's own serialization gives back the file's widgets_values, and
-its "Export (API)" equals our committed API twin. Screenshots go to test-artifacts/browser/ (with
-XNEMO_UPDATE_DOCS_SCREENSHOT=1 the main workflow's pinned classic one also to docs/images/, shown in the README).
+classic canvas and in the Vue node rendering mode, the pinned one in the classic canvas. Asserts per workflow: every
+node type is registered and the frontend flags none as missing, the page logs no console errors, our JS extensions
+are registered, our display widgets exist, are drawn and visibly change the screenshot, the frontend's own
+serialization gives back the file's widgets_values, and its "Export (API)" equals our committed API twin.
+Screenshots go to test-artifacts/browser/<frontend>-<version>-<mode>/ (with XNEMO_UPDATE_DOCS_SCREENSHOT=1 the main
+workflow's pinned classic one also to docs/images/, shown in the README).
 
 Ignored console errors, each unrelated to this pack:
 - "Failed to load resource" for requests this test aborts (anything not on the 127.0.0.1 test server: tests never
@@ -101,8 +102,9 @@ REDRAW = """(hide) => {
 
 def _console_filter(local: str, aborted: set[str]):
     def wanted(text: str, url: str) -> bool:
-        if text.startswith("Failed to load resource") and (
-                url in aborted or not url.startswith(local) or FRESH_PROFILE_404.search(url) or JOBS_API_404.search(url)):
+        ignored_url = (url in aborted or not url.startswith(local) or FRESH_PROFILE_404.search(url)
+                       or JOBS_API_404.search(url))
+        if text.startswith("Failed to load resource") and ignored_url:
             return False
         return not (text.startswith(FRONTEND_STARTUP_BUG) or JOBS_API_ERROR in text)
     return wanted

@@ -11,7 +11,7 @@ from xnemo_pack.nodes import _all_nodes, register_model_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE_IDS = {"XNeMoLoader", "XNeMoEncodeMotion", "XNeMoReferenceCondition", "XNeMoSampleAnimation",
-            "XNeMoInterpolateMotion", "XNeMoPasteBack"}
+            "XNeMoInterpolateMotion", "XNeMoPasteBack", "XNeMoSaveMotion", "XNeMoLoadMotion"}
 
 
 def schemas():

@@ -8,7 +8,7 @@ import pytest
 
 DOCS = Path(__file__).resolve().parents[2] / "web" / "docs"
 NODE_IDS = ["XNeMoLoader", "XNeMoEncodeMotion", "XNeMoReferenceCondition", "XNeMoSampleAnimation",
-            "XNeMoInterpolateMotion", "XNeMoPasteBack"]
+            "XNeMoInterpolateMotion", "XNeMoPasteBack", "XNeMoSaveMotion", "XNeMoLoadMotion"]
 
 
 @pytest.mark.parametrize("node_id", NODE_IDS)
