@@ -10,6 +10,8 @@ WEB_DIRECTORY = "./web"
 
 async def comfy_entrypoint():
     from .nodes import XNeMoExtension, register_model_folder
+    from .nodes.routes import register_routes
 
     register_model_folder()
+    register_routes()
     return XNeMoExtension()

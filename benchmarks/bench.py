@@ -285,7 +285,7 @@ class Bench:
         self.device = mm.get_torch_device()
         paths, self.weights_desc = weight_files(args)
         t0 = time.perf_counter()
-        self.model, self.xnemo = xmodel.load_xnemo(xmodel.XNeMoFiles(*paths), args.weight_dtype)
+        self.model, self.xnemo = xmodel.load_xnemo(xmodel.XNeMoFiles(**dict(zip(ROLES, paths))), args.weight_dtype)
         self.load_s = time.perf_counter() - t0
         self.counter = UNetCalls()
         self.model = self.model.clone()
@@ -514,7 +514,8 @@ def section_window_overhead(args, bench) -> None:
     for frames in args.frames:
         best = float("inf")
         for _ in range(max(args.repeat, 3)):
-            plan = sampling.WindowPlan(args.context_length, args.context_overlap, True, [5])
+            plan = sampling.WindowPlan(length=args.context_length, overlap=args.context_overlap, closed_loop=True,
+                                       offsets=[5])
             x = torch.randn(frames, 4, px // 8, px // 8)
             t = torch.full((frames,), 10.0)
             c = conds(frames)

@@ -8,6 +8,7 @@ from comfy_api.latest import io
 
 from ..xnemo_core.pure import face_crop, face_track
 from ..xnemo_core.pipeline import FaceOptions, encode_motion
+from ..xnemo_core.pure.constants import DEFAULT_CROP_SCALE, DEFAULT_SMOOTHING_SIGMA
 from .checks import check_named
 from .types import CATEGORY, XNeMo, XNeMoMotion
 
@@ -38,11 +39,13 @@ class XNeMoEncodeMotion(io.ComfyNode):
                 XNeMo.Input("xnemo", tooltip="From Load X-NeMo."),
                 io.Image.Input("images", tooltip="Driving video frames (IMAGE batch), any size or aspect."),
                 *face_inputs(),
-                io.Float.Input("crop_scale", default=1.1, min=1.0, max=3.0, step=0.05,
-                               tooltip="Driving crop side relative to the face box of the first frame (official 1.1)."),
-                io.Float.Input("smoothing_sigma", default=5.0, min=0.0, max=50.0, step=0.5,
-                               tooltip="Temporal smoothing of the crop centre in frames (official 5). Raise for shaky "
-                                       "detections, lower for fast head motion; 0 disables."),
+                io.Float.Input("crop_scale", default=DEFAULT_CROP_SCALE, min=1.0, max=3.0, step=0.05,
+                               tooltip=f"Driving crop side relative to the face box of the first frame "
+                                       f"(official {DEFAULT_CROP_SCALE})."),
+                io.Float.Input("smoothing_sigma", default=DEFAULT_SMOOTHING_SIGMA, min=0.0, max=50.0, step=0.5,
+                               tooltip=f"Temporal smoothing of the crop centre in frames (official "
+                                       f"{DEFAULT_SMOOTHING_SIGMA:g}). Raise for shaky detections, lower "
+                                       "for fast head motion; 0 disables."),
                 io.Combo.Input("missing_face", options=list(face_track.MISSING_FACE_POLICIES), default="interpolate",
                                tooltip="Frames where no face is found: interpolate between neighbours, hold the last "
                                        "box, or stop with an error listing the frames."),
@@ -79,7 +82,8 @@ class XNeMoEncodeMotion(io.ComfyNode):
         if images.ndim != 4 or images.shape[0] == 0:
             raise ValueError(f"images must be a batch of at least one frame, got shape {tuple(images.shape)}: "
                              "connect driving video frames (Load Video + Get Video Components, or Load Image)")
-        options = FaceOptions(detector, crop_scale, smoothing_sigma, face_index, face_order, missing_face, f_rts_mode)
+        options = FaceOptions(detector=detector, crop_scale=crop_scale, smoothing_sigma=smoothing_sigma, face_index=face_index,
+                              face_order=face_order, missing_face=missing_face, f_rts_mode=f_rts_mode)
         bar = comfy.utils.ProgressBar(2 * images.shape[0])
         motion, preview = encode_motion(xnemo, images, options, fps or None, reference,
                                         progress=lambda done, total: bar.update_absolute(done, total))

@@ -94,21 +94,24 @@ class XNeMoSampleAnimation(io.ComfyNode):
                 scheduler: str, denoise: float, context_length: int, context_overlap: int, closed_loop: bool,
                 offset_mode: str) -> io.NodeOutput:
         samples: torch.Tensor = latent["samples"]
-        settings = sampling.SampleSettings(seed, steps, cfg, sampler_name, scheduler, denoise, context_length,
-                                           context_overlap, closed_loop, offset_mode)
+        settings = sampling.SampleSettings(seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name,
+                                           scheduler=scheduler, denoise=denoise, context_length=context_length,
+                                           context_overlap=context_overlap, closed_loop=closed_loop,
+                                           offset_mode=offset_mode)
         frames = samples.shape[0]
         settings.validate(frames)
         total = sampling.total_windows(frames, settings)
         bar = comfy.utils.ProgressBar(total)
         previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
-        per_step = max(total // steps, 1)
+        windows_done = [0]
 
         def on_window(done: int, _):
-            bar.update_absolute(min(done, total), total)
+            windows_done[0] = min(done, total)
+            bar.update_absolute(windows_done[0], total)
 
         def on_step(step: int, x0: torch.Tensor, x: torch.Tensor, total_steps: int):
             preview = previewer.decode_latent_to_preview_image("JPEG", x0[:1]) if previewer else None
-            bar.update_absolute(min((step + 1) * per_step, total), total, preview)
+            bar.update_absolute(windows_done[0], total, preview)
 
         out = sampling.sample_animation(model, positive, negative, samples, settings, callback=on_step,
                                         on_window=on_window)

@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from importlib import import_module
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import comfy_harness  # noqa: E402
 
@@ -32,12 +34,8 @@ DEFAULT_REFERENCE = SHARED_MEDIA / "ref_image.png"
 DEFAULT_DRIVING = SHARED_MEDIA / "driving_video.mp4"
 DEFAULT_WORKFLOW = ROOT / "example_workflows" / "api" / "xnemo_portrait_animation.json"
 DEFAULT_OUTPUT = ROOT / "demo_output"
-XNEMO_ROLES = {  # loader input id -> official file stem
-    "denoising_unet": "xnemo_denoising_unet",
-    "reference_unet": "xnemo_reference_unet",
-    "motion_encoder": "xnemo_motion_encoder",
-    "temporal_module": "xnemo_temporal_module",
-}
+# loader input id -> official file stem, from the pack's constants (importing them needs no ComfyUI)
+XNEMO_ROLES = import_module(f"{comfy_harness.import_pack().__name__}.xnemo_core.pure.constants").CHECKPOINT_FILES
 WEIGHT_EXTENSIONS = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".gif", ".webp", ".avi")
 TINY_LABEL = "TINY RANDOM WEIGHTS: the output is noise, this only proves the pipeline runs"
@@ -114,8 +112,6 @@ def write_tiny_weights(models_root: Path) -> dict[str, Any]:
         comfy_args.cpu = True
     comfy_harness.import_pack()
     try:
-        from importlib import import_module
-
         demo_weights = import_module("make_tiny_weights")
     except ImportError as err:
         raise DemoError(f"scripts/make_tiny_weights.py is not available ({err}): tiny demo weights cannot be written") from err

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 
 from .pure import face_crop, face_track
-from .pure.constants import LATENT_SCALE, MOTION_INPUT_SIZE
+from .pure.constants import DEFAULT_CROP_SCALE, DEFAULT_SMOOTHING_SIGMA, LATENT_SCALE, MOTION_INPUT_SIZE
 from .pure.errors import IncompatibleModelError, NoFaceError
 from .adapters.model import XNeMoBundle
 from .pure.payloads import CropInfo, MotionSequence
@@ -23,11 +23,11 @@ from .adapters.unet_patch import xnemo_conditioning
 Progress = Callable[[int, int], None]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FaceOptions:
     detector: str = "haar"
-    crop_scale: float = 1.1
-    smoothing_sigma: float = 5.0
+    crop_scale: float = DEFAULT_CROP_SCALE
+    smoothing_sigma: float = DEFAULT_SMOOTHING_SIGMA
     face_index: int = 0
     face_order: str = "largest"
     missing_face: str = "interpolate"
@@ -77,7 +77,7 @@ def encode_motion(xnemo: XNeMoBundle, frames: torch.Tensor, options: FaceOptions
     return motion, face_track.draw_track(frames, track, crops.crop_boxes)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ReferenceResult:
     positive: list
     negative: list
@@ -122,7 +122,7 @@ def reference_condition(xnemo: XNeMoBundle, image: torch.Tensor, clip_vision, va
     positive, negative = xnemo_conditioning(clip_embed, bank, motion.tokens, reference_tokens)
     start = blurred_reference(scaled, motion.frames) / LATENT_SCALE
     _tick(progress, 4, steps)
-    return ReferenceResult(positive, negative, start, crop, crop_image)
+    return ReferenceResult(positive=positive, negative=negative, latent=start, crop=crop, crop_image=crop_image)
 
 
 def _tick(progress: Progress | None, done: int, total: int) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 
 import comfy.model_management
+import comfy.patcher_extension
 import comfy.utils
 import folder_paths
 import nodes as comfy_nodes
@@ -23,8 +24,10 @@ from xnemo_pack.nodes.loader import XNeMoLoader
 from xnemo_pack.nodes.sample import XNeMoSampleAnimation
 from xnemo_pack.xnemo_core.adapters import reference_bank as reference
 from xnemo_pack.xnemo_core.adapters import unet_patch
-from xnemo_pack.xnemo_core.pure.errors import IncompatibleModelError
+from xnemo_pack.xnemo_core.adapters import sampling
 from xnemo_pack.xnemo_core.adapters.sampling import blurred_reference
+from xnemo_pack.xnemo_core.pure import windows
+from xnemo_pack.xnemo_core.pure.errors import IncompatibleModelError, XNeMoError
 
 STEPS = 2
 FRAMES, LENGTH, OVERLAP = 10, 8, 2  # two windows per step, small enough for CPU CI
@@ -93,17 +96,18 @@ def test_core_ksampler_matches_for_one_window(loaded, clip_inputs):
     assert torch.allclose(ours, core["samples"], atol=1e-6, rtol=0)
 
 
-def test_core_context_windows_on_this_comfyui(loaded, clip_inputs):
-    """ComfyUI 0.3.75's core context windows cannot run frames-as-batch latents at all: `set_step` compares the
-    per-frame timestep tensor with the schedule and fails before any model call (so X-NeMo long clips go through
-    Sample Animation; the node description says so)."""
+def test_core_context_windows_get_a_message_that_names_the_fix(loaded, clip_inputs):
+    """ComfyUI 0.3.75's core context windows cannot run frames-as-batch latents (their step lookup fails on the
+    per-frame timesteps); the pack refuses them before sampling with a message that names Sample Animation."""
     from comfy_extras.nodes_context_windows import ContextWindowsManualNode
 
     positive, negative, latent = clip_inputs(FRAMES)
     windowed = ContextWindowsManualNode.execute(loaded[0], LENGTH, OVERLAP, "standard_uniform", 1, False, "pyramid",
                                                 0).args[0]
-    with pytest.raises(RuntimeError, match="must match the size"):
+    with pytest.raises(IncompatibleModelError, match="remove the Context Windows node.*Sample Animation"):
         comfy_nodes.common_ksampler(windowed, 3, 1, 2.5, "euler", "normal", positive, negative, latent)
+    with pytest.raises(IncompatibleModelError, match="core Context Windows cannot run an X-NeMo model"):
+        sample(windowed, positive, negative, latent)
 
 
 class _Window:
@@ -122,32 +126,63 @@ def test_mis_sliced_window_motion_is_refused():
 
 def test_progress_counts_windows_and_cancel_stops_within_a_window(loaded, clip_inputs):
     positive, negative, latent = clip_inputs(FRAMES)  # windows of LENGTH overlapping OVERLAP: 2 windows per step
+    calls = []
+
+    def count_calls(executor, *args, **kwargs):  # every UNet call that starts
+        calls.append(len(calls))
+        return executor(*args, **kwargs)
+
+    model = loaded[0].clone()
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "test_count", count_calls)
     seen = []
     hook = comfy.utils.PROGRESS_BAR_HOOK
-
-    def record(value, total, preview, node_id=None):
-        seen.append((value, total))
-        comfy.model_management.throw_exception_if_processing_interrupted()
-
-    comfy.utils.set_progress_bar_global_hook(record)
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: seen.append((value, total)))
     try:
-        sample(loaded[0], positive, negative, latent)
-        window_ticks = [v for v, t in seen]
+        sample(model, positive, negative, latent)
         assert seen[-1] == (STEPS * 2, STEPS * 2)
-        assert window_ticks == sorted(window_ticks)
+        assert [v for v, _ in seen] == sorted(v for v, _ in seen)
+        calls_per_window = len(calls) // (STEPS * 2)
 
+        # Cancel after the first window: the hook only raises the flag (as the UI's Cancel does); the pack's own check
+        # between windows must stop the run before the next window's UNet call starts.
         seen.clear()
+        calls.clear()
 
         def cancel_after_first(value, total, preview, node_id=None):
             seen.append((value, total))
             comfy.model_management.interrupt_current_processing(True)
-            comfy.model_management.throw_exception_if_processing_interrupted()
 
         comfy.utils.set_progress_bar_global_hook(cancel_after_first)
         with pytest.raises(comfy.model_management.InterruptProcessingException):
-            sample(loaded[0], positive, negative, latent)
-        assert len(seen) == 1, "no window may run after Cancel"
+            sample(model, positive, negative, latent)
+        assert len(seen) == 1, "no window may finish after Cancel"
+        assert len(calls) == calls_per_window, "the next window's UNet call must not start after Cancel"
     finally:
         comfy.model_management.interrupt_current_processing(False)
         comfy.utils.set_progress_bar_global_hook(hook)
-    assert sample(loaded[0], positive, negative, latent).shape == latent["samples"].shape
+
+
+def test_open_loop_progress_total_counts_the_run_offsets(loaded, clip_inputs):
+    """Open-loop windows per step depend on each step's offset; the progress total must equal the windows run."""
+    frames, length, overlap = 13, 6, 1
+    positive, negative, latent = clip_inputs(frames)
+    settings = sampling.SampleSettings(seed=5, steps=4, context_length=length, context_overlap=overlap,
+                                       closed_loop=False)
+    per_step = windows.windows_per_step(frames, length, overlap, sampling.run_offsets(settings), False)
+    assert len(set(per_step)) > 1, "pick settings whose steps differ in window count"
+    seen = []
+    hook = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: seen.append((value, total)))
+    try:
+        XNeMoSampleAnimation.execute(loaded[0], positive, negative, latent, 5, 4, 2.5, "xnemo_ddim", "xnemo_ddim",
+                                     1.0, length, overlap, False, "seeded")
+    finally:
+        comfy.utils.set_progress_bar_global_hook(hook)
+    assert seen[-1] == (sum(per_step), sum(per_step))
+
+
+def test_a_sigma_outside_the_schedule_raises():
+    options = {"transformer_options": {"sample_sigmas": torch.tensor([14.6, 7.0, 2.0, 0.0])}}
+    assert sampling._step_index(torch.tensor([7.0] * 4), options) == 1
+    with pytest.raises(XNeMoError, match="not one of this run's 4 sigmas"):
+        sampling._step_index(torch.tensor([5.0]), options)

@@ -26,7 +26,7 @@ def golden(fixture_dir: Path) -> dict:
 def loaded(fixture_dir: Path):
     """(MODEL, XNEMO) exactly as the Load X-NeMo node builds them, weights in fp32."""
     from xnemo_pack.xnemo_core.adapters.model import XNeMoFiles, load_xnemo
+    from xnemo_pack.xnemo_core.pure.constants import CHECKPOINT_FILES
 
-    files = XNeMoFiles(*(str(fixture_dir / f"xnemo_{n}.pth")
-                         for n in ("denoising_unet", "reference_unet", "motion_encoder", "temporal_module")))
+    files = XNeMoFiles(**{role: str(fixture_dir / f"{stem}.pth") for role, stem in CHECKPOINT_FILES.items()})
     return load_xnemo(files, "fp32")

@@ -156,7 +156,8 @@ def _bad_file(kind: str, folder: Path, fixture_dir: Path, marker: Path) -> tuple
         return name, "temporal_module"
     if kind == "full_vs_tiny":  # a ReferenceNet twice as wide as the denoising UNet
         name = "hardening_reference_64ch.pth"
-        shape = ckpt.UNetShape(64, (1, 1, 1, 2), 2, 768, 4, (True, True, True, False), False)
+        shape = ckpt.UNetShape(model_channels=64, channel_mult=(1, 1, 1, 2), num_res_blocks=2, context_dim=768,
+                               in_channels=4, attention_levels=(True, True, True, False), has_output=False)
         sd = tiny_unet_state_dict(shape, torch.Generator().manual_seed(0))
         torch.save({k: v.half() for k, v in sd.items() if not k.startswith(("conv_norm_out.", "conv_out."))},
                    folder / name)

@@ -121,3 +121,15 @@ def test_graph_through_pack_nodes_executes(comfy_client, object_info, xnemo_fixt
     files = comfy_client.output_files(entry)
     assert files, f"no preview written: {entry.get('outputs')}"
     assert comfy_client.view(files[0]["filename"], files[0]["subfolder"], files[0]["type"]).startswith(PNG_SIGNATURE)
+
+
+def test_window_route_answers_from_the_sampler_planner(comfy_client):
+    """The frontend readout's counts come from /xnemo/windows (pure/windows), so they match the sampler."""
+    from xnemo_pack.xnemo_core.pure.windows import window_summary
+
+    got = comfy_client.get_json("/xnemo/windows?frames=50&length=24&overlap=4&steps=20&closed_loop=false&seed=3"
+                                "&offset_mode=seeded")
+    assert got == window_summary(50, 24, 4, False, 20, 3, "seeded")
+    assert got["min_per_step"] == 3 and got["max_per_step"] == 4
+    with pytest.raises(comfy_harness.HarnessError, match="HTTP 400.*overlap must be below length"):
+        comfy_client.get_json("/xnemo/windows?frames=50&length=24&overlap=30&steps=20&seed=3")

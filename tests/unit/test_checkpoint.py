@@ -137,7 +137,8 @@ def test_unet_shape_tiny(files):
     assert shape == ckpt.UNetShape(model_channels=32, channel_mult=(1, 1, 1, 2), num_res_blocks=2, context_dim=768,
                                    in_channels=4, attention_levels=(True, True, True, False), has_output=True)
     reference = ckpt.unet_shape(files["reference_unet"], "xnemo_reference_unet.pth")
-    assert reference == ckpt.UNetShape(32, (1, 1, 1, 2), 2, 768, 4, (True, True, True, False), has_output=False)
+    assert reference == ckpt.UNetShape(model_channels=32, channel_mult=(1, 1, 1, 2), num_res_blocks=2, context_dim=768,
+                                       in_channels=4, attention_levels=(True, True, True, False), has_output=False)
 
 
 def test_unet_shape_names_the_file_and_key(files):

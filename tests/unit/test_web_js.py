@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from xnemo_pack.xnemo_core.pure.motion_ops import EASINGS, ease
+from xnemo_pack.xnemo_core.pure.windows import window_summary
 
 ROOT = Path(__file__).resolve().parents[2]
 JS_FILES = sorted((ROOT / "web" / "js").glob("*.js"))
@@ -18,8 +19,12 @@ needs_node = pytest.mark.skipif(NODE is None, reason="node is not installed")
 
 # A stand-in for ComfyUI's scripts/app.js and a minimal LiteGraph node, enough to run our hooks.
 APP_STUB = "export const app = { extensions: [], registerExtension(ext) { this.extensions.push(ext); } };\n"
+# scripts/api.js: fetchApi answers every query with argv[4] and records the URLs asked for.
+API_STUB = ("export const api = { urls: [], async fetchApi(url) { this.urls.push(url); "
+            "return { json: async () => JSON.parse(process.argv[4]) }; } };\n")
 HARNESS = """
 import { app } from "./scripts/app.js";
+import { api } from "./scripts/api.js";
 const mod = await import(process.argv[2]);
 const [ext] = app.extensions;
 const calls = [];
@@ -50,20 +55,21 @@ for (const [id, widgets] of Object.entries(JSON.parse(process.argv[3]))) {
   if (node.onExecuted) {  // a run that reports its frame count (the official demo: 230 frames)
     node.onExecuted({ xnemo_frames: [230] });
     for (const w of added) w.draw(ctx, node, 300, 0, 20);
+    await new Promise((r) => setTimeout(r, 0));  // the route's answer arrives
+    for (const w of added) w.draw(ctx, node, 300, 0, 20);
   }
   out.nodes[id].texts = texts;
 }
 if (mod.EASINGS) out.easings = Object.fromEntries(Object.entries(mod.EASINGS).map(([k, f]) => [k, [0, 0.1, 0.37, 0.5, 0.8, 1].map(f)]));
-if (mod.windowsPerStep) {
-  out.windows = [];
-  for (const closed of [true, false]) for (const n of [1, 4, 16, 24, 25, 44, 45, 230]) for (const [l, o] of [[24, 4], [16, 0], [8, 7]])
-    out.windows.push([n, l, o, closed, mod.windowsPerStep(n, l, o, closed)]);
-}
+out.urls = api.urls;
 console.log(JSON.stringify(out));
 """
 
 SAMPLER_WIDGETS = [{"name": "steps", "value": 35}, {"name": "context_length", "value": 24},
-                   {"name": "context_overlap", "value": 4}, {"name": "closed_loop", "value": True}]
+                   {"name": "context_overlap", "value": 4}, {"name": "closed_loop", "value": True},
+                   {"name": "seed", "value": 7}, {"name": "offset_mode", "value": "seeded"}]
+# The official demo: 230 frames, context 24 overlap 4, closed loop -> 12 windows/step x 35 steps = 420 passes.
+WINDOWS_ANSWER = window_summary(230, 24, 4, True, 35, 7, "seeded")
 NODES = {"XNeMoInterpolateMotion": [{"name": "frames", "value": 16}, {"name": "easing", "value": "ease_in_out"}],
          "XNeMoSampleAnimation": SAMPLER_WIDGETS}
 
@@ -80,11 +86,12 @@ def test_js_syntax(path):
 def test_extension_touches_only_our_nodes_and_wraps(tmp_path, path):
     (tmp_path / "scripts").mkdir()
     (tmp_path / "scripts" / "app.js").write_text(APP_STUB)
+    (tmp_path / "scripts" / "api.js").write_text(API_STUB)
     target = tmp_path / "pack" / "web" / "js" / path.name  # so "../../../scripts/app.js" finds the stub
     target.parent.mkdir(parents=True)
     shutil.copy(path, target)
     (tmp_path / "harness.mjs").write_text(HARNESS)
-    run = subprocess.run([NODE, str(tmp_path / "harness.mjs"), target.as_uri(), json.dumps(NODES)],
+    run = subprocess.run([NODE, str(tmp_path / "harness.mjs"), target.as_uri(), json.dumps(NODES), json.dumps(WINDOWS_ANSWER)],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)
@@ -101,13 +108,9 @@ def test_extension_touches_only_our_nodes_and_wraps(tmp_path, path):
         for name, values in out["easings"].items():
             expected = [ease(name, t) for t in (0, 0.1, 0.37, 0.5, 0.8, 1)]
             assert values == pytest.approx(expected, abs=1e-12), name
-    if "windows" in out:
-        for n, length, overlap, closed, got in out["windows"]:
-            stride = length - overlap
-            starts = range(0, n, stride) if closed else range(0, n - overlap, stride)
-            want = (len(starts) if n > length else 1) if closed else max(1, len(starts))
-            assert got == want, (n, length, overlap, closed)
+    if touched == ["XNeMoSampleAnimation"]:  # the readout asks the route once per setting and shows its answer
+        assert out["urls"] == ["/xnemo/windows?frames=230&length=24&overlap=4&steps=35&closed_loop=true&seed=7"
+                               "&offset_mode=seeded"]
         assert any("frames unknown" in t for t in node["texts"])
-        # official demo: 230 frames, context 24 overlap 4, closed loop -> 12 windows/step x 35 steps = 420 passes
         assert "230 frames: 12 windows/step (closed loop)" in node["texts"]
-        assert "12 x 35 steps = 420 UNet passes" in node["texts"]
+        assert "35 steps = 420 UNet passes" in node["texts"]

@@ -1,18 +1,12 @@
 // Window readout on X-NeMo Sample Animation: how many context windows each step runs and the total UNet passes,
-// from context_length, context_overlap, closed_loop, steps and the frame count when it is known. Display only.
+// from context_length, context_overlap, closed_loop, steps, seed, offset_mode and the frame count when it is known.
+// Display only. The counts come from the pack's route /xnemo/windows, i.e. from the sampler's own window planner
+// (xnemo_core/pure/windows.py): open-loop windows per step depend on each step's seeded offset.
 import { app } from "../../../scripts/app.js";
+import { api } from "../../../scripts/api.js";
 
 const NODE_ID = "XNeMoSampleAnimation";
 const FRAME_WIDGETS = ["batch_size", "length", "frames", "frame_count"];
-
-// Mirrors the sampler's uniform schedule: window starts j in range(0, N, L - O) when closed (one window if
-// N <= L), range(0, N - O, L - O) when open.
-export function windowsPerStep(frames, length, overlap, closedLoop) {
-  const stride = length - overlap;
-  if (stride <= 0) return null;
-  if (closedLoop) return frames > length ? Math.ceil(frames / stride) : 1;
-  return Math.max(1, Math.ceil((frames - overlap) / stride));
-}
 
 function widgetValue(node, name) {
   return node.widgets?.find((w) => w.name === name)?.value;
@@ -31,25 +25,45 @@ function knownFrames(node) {
   return node.xnemoFrames ?? null;
 }
 
-function readout(node) {
+// Last answer of the route per node, keyed by the query it answered; a new query is asked for at most once.
+function windowCounts(node, query) {
+  const cache = (node.xnemoWindows ??= { query: null, result: null, pending: null });
+  if (cache.query === query || cache.pending === query) return cache.query === query ? cache.result : null;
+  cache.pending = query;
+  api.fetchApi(`/xnemo/windows?${query}`)
+    .then((r) => r.json())
+    .then((result) => {
+      if (cache.pending !== query) return;
+      Object.assign(cache, { query, result, pending: null });
+      node.setDirtyCanvas?.(true, false);
+    })
+    .catch(() => { if (cache.pending === query) cache.pending = null; });
+  return null;
+}
+
+export function readout(node) {
   const length = widgetValue(node, "context_length");
   const overlap = widgetValue(node, "context_overlap");
   const steps = widgetValue(node, "steps");
   const closed = widgetValue(node, "closed_loop") !== false;
   if (!(length > 0) || !(overlap >= 0) || !(steps > 0)) return ["windows: set context_length, context_overlap, steps"];
   if (overlap >= length) return [`overlap ${overlap} must be below context_length ${length}`];
-  const stride = length - overlap;
   const frames = knownFrames(node);
   if (frames == null) {
     return [
       `frames unknown: ${length} or fewer -> 1 window/step (${steps} UNet passes)`,
-      `more -> about N/${stride} windows/step, x${steps} steps`,
+      `more -> windows of ${length} frames sharing ${overlap}`,
     ];
   }
-  const windows = windowsPerStep(frames, length, overlap, closed);
+  const params = new URLSearchParams({ frames, length, overlap, steps, closed_loop: String(closed),
+    seed: String(widgetValue(node, "seed") ?? 0), offset_mode: widgetValue(node, "offset_mode") ?? "seeded" });
+  const counts = windowCounts(node, params.toString());
+  if (!counts || counts.error) return [`${frames} frames: ${counts?.error ?? "counting windows..."}`];
+  const { min_per_step: lo, max_per_step: hi, total } = counts;
+  const per = lo === hi ? `${lo}` : `${lo}-${hi}`;
   return [
-    `${frames} frames: ${windows} window${windows === 1 ? "" : "s"}/step (${closed ? "closed" : "open"} loop)`,
-    `${windows} x ${steps} steps = ${windows * steps} UNet passes`,
+    `${frames} frames: ${per} window${hi === 1 ? "" : "s"}/step (${closed ? "closed" : "open"} loop)`,
+    `${steps} steps = ${total} UNet passes`,
   ];
 }
 

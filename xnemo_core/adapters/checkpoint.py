@@ -7,7 +7,6 @@ them and the file.
 
 from __future__ import annotations
 
-import logging
 import os
 import pickle
 import re
@@ -21,7 +20,6 @@ from ..pure.constants import CHECKPOINT_FILES, MODEL_FOLDER
 from ..pure.errors import CheckpointError
 from ..pure.keys import check_keys, listing
 
-log = logging.getLogger("xnemo")
 
 SAFE_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
@@ -161,7 +159,7 @@ def _count(sd, pattern: str) -> int:
     return n
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class UNetShape:
     """Sizes of an SD1.5-topology UNet read from its diffusers weights (tiny and full-size checkpoints alike)."""
 
@@ -226,8 +224,9 @@ def unet_shape(sd: dict[str, torch.Tensor], name: str) -> UNetShape:
         raise CheckpointError(f"{name} is not an SD1.5-style UNet: key {e.args[0]} is missing.") from None
     if levels == 0 or num_res_blocks == 0:
         raise CheckpointError(f"{name} has no down blocks: not an X-NeMo UNet file.")
-    return UNetShape(model_channels, tuple(mult), num_res_blocks, context_dim, in_channels, tuple(attn),
-                     "conv_out.weight" in sd)
+    return UNetShape(model_channels=model_channels, channel_mult=tuple(mult), num_res_blocks=num_res_blocks,
+                     context_dim=context_dim, in_channels=in_channels, attention_levels=tuple(attn),
+                     has_output="conv_out.weight" in sd)
 
 
 def diffusers_to_comfy_keys(shape: UNetShape) -> dict[str, str]:

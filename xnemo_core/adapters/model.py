@@ -33,7 +33,7 @@ _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 SITE_HEADS = 8   # official motion_module_kwargs / temporal_module_kwargs num_attention_heads
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class XNeMoFiles:
     denoising_unet: str
     reference_unet: str
@@ -41,7 +41,7 @@ class XNeMoFiles:
     temporal_module: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Precision:
     weight: torch.dtype
     manual_cast: torch.dtype | None
@@ -62,7 +62,7 @@ def pick_precision(weight_dtype: str, parameters: int) -> Precision:
         dtype = mm.unet_dtype(model_params=parameters)
     else:
         dtype = _DTYPES[weight_dtype]
-    return Precision(dtype, mm.unet_manual_cast(dtype, device))
+    return Precision(weight=dtype, manual_cast=mm.unet_manual_cast(dtype, device))
 
 
 def _read(path: str, kind: str) -> dict[str, torch.Tensor]:

@@ -25,7 +25,8 @@ import comfy.samplers
 import torch
 import torch.nn.functional as F
 
-from ..pure.constants import INIT_BLUR_KERNEL, INIT_BLUR_SIGMA, NUM_TRAIN_TIMESTEPS, TEMPORAL_MAX_FRAMES
+from ..pure.constants import (DEFAULT_CFG, DEFAULT_CONTEXT_LENGTH, DEFAULT_CONTEXT_OVERLAP, DEFAULT_STEPS,
+                              INIT_BLUR_KERNEL, INIT_BLUR_SIGMA, NUM_TRAIN_TIMESTEPS, TEMPORAL_MAX_FRAMES)
 from ..pure.errors import IncompatibleModelError, XNeMoError
 from ..pure.windows import context_windows, window_offsets, windows_per_step
 from .unet_patch import KEY, MOTION_COND, is_xnemo_model
@@ -102,7 +103,7 @@ def _slice_conds(conds: list, index: torch.Tensor, frames: int) -> list:
     return out
 
 
-@dataclass
+@dataclass(kw_only=True)
 class WindowPlan:
     """Per-run window settings; its `calc_cond_batch` is the CALC_COND_BATCH wrapper doing the windowing."""
 
@@ -123,7 +124,7 @@ class WindowPlan:
             out = executor(model, conds, x_in, timestep, model_options)
             self._tick()
             return out
-        step = _step_index(timestep, model_options)
+        step = _step_index(timestep, model_options) if len(set(self.offsets)) > 1 else 0
         sums = [torch.zeros_like(x_in) for _ in conds]
         counts = torch.zeros((frames,) + (1,) * (x_in.ndim - 1), device=x_in.device, dtype=x_in.dtype)
         for window in self.windows_for(frames, step):
@@ -145,27 +146,36 @@ class WindowPlan:
 
 
 def _step_index(timestep: torch.Tensor, model_options: dict) -> int:
+    """Index of the current sigma in the run's schedule (for the step's window offset). Like core context windows'
+    `set_step`, a sigma that is not in the schedule is an error, never a silent nearest match."""
     sigmas = model_options.get("transformer_options", {}).get("sample_sigmas")
     if sigmas is None:
         return 0
-    sigma = float(timestep.reshape(-1)[0])
-    return int(torch.argmin((sigmas.float().cpu() - sigma).abs()))
+    sigma = timestep.reshape(-1)[:1].to(sigmas)
+    matches = torch.nonzero(torch.isclose(sigmas, sigma, rtol=1e-4)).flatten()
+    if matches.numel() == 0:
+        raise XNeMoError(
+            f"the sampler asked for sigma {float(sigma):.6g}, which is not one of this run's {len(sigmas)} sigmas, so "
+            f"the step's window offset is unknown: use a sampler that evaluates the model only at the schedule's sigmas "
+            f"(euler, ddim, dpmpp_2m, ...) with more than one window, or set offset_mode to none"
+        )
+    return int(matches[0])
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # The whole clip
 # ---------------------------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SampleSettings:
     seed: int = 0
-    steps: int = 35
-    cfg: float = 2.5
+    steps: int = DEFAULT_STEPS
+    cfg: float = DEFAULT_CFG
     sampler_name: str = DEFAULT
     scheduler: str = DEFAULT
     denoise: float = 1.0
-    context_length: int = 24
-    context_overlap: int = 4
+    context_length: int = DEFAULT_CONTEXT_LENGTH
+    context_overlap: int = DEFAULT_CONTEXT_OVERLAP
     closed_loop: bool = True
     offset_mode: str = "seeded"
 
@@ -176,24 +186,24 @@ class SampleSettings:
             raise XNeMoError(f"cfg is {self.cfg}: use 0..{MAX_CFG:g} (the official value is 2.5; 1 turns the "
                              f"negative branch off)")
         if self.steps < 1:
-            raise XNeMoError(f"steps is {self.steps}: it must be at least 1 (the official value is 35)")
+            raise XNeMoError(f"steps is {self.steps}: it must be at least 1 (the official value is {DEFAULT_STEPS})")
         if not 0.0 < self.denoise <= 1.0:
             raise XNeMoError(f"denoise is {self.denoise}: it must be in (0, 1] (1.0 starts at the official t=953)")
         total = self.steps if self.denoise >= 1.0 else int(self.steps / self.denoise)
         if self.scheduler == DEFAULT and total >= NUM_TRAIN_TIMESTEPS:
             raise XNeMoError(
                 f"steps / denoise is {total}: the xnemo_ddim schedule has at most {NUM_TRAIN_TIMESTEPS - 1} steps; use "
-                f"fewer steps (the official value is 35), a higher denoise, or another scheduler"
+                f"fewer steps (the official value is {DEFAULT_STEPS}), a higher denoise, or another scheduler"
             )
         if self.context_length < 1 or self.context_length > max_window:
             raise XNeMoError(
                 f"context_length is {self.context_length}: the temporal layers see at most {max_window} frames at once; "
-                f"use 1..{max_window} (the official value is 24)"
+                f"use 1..{max_window} (the official value is {DEFAULT_CONTEXT_LENGTH})"
             )
         if frames > self.context_length and not 0 <= self.context_overlap < self.context_length:
             raise XNeMoError(
                 f"context_overlap is {self.context_overlap} for windows of {self.context_length} frames: it must be "
-                f"smaller than context_length (the official value is 4)"
+                f"smaller than context_length (the official value is {DEFAULT_CONTEXT_OVERLAP})"
             )
         if frames < 1 or frames > MAX_FRAMES:
             raise XNeMoError(f"the latent has {frames} frames; X-NeMo samples 1..{MAX_FRAMES} frames per run")
@@ -240,9 +250,9 @@ def sample_animation(model, positive, negative, latent_image: torch.Tensor, sett
     settings.validate(frames)
     check_conditioning_frames(positive, negative, frames)
     model = model.clone()
-    plan = WindowPlan(settings.context_length, settings.context_overlap, settings.closed_loop,
-                      offsets if offsets is not None else run_offsets(settings),
-                      on_window)
+    plan = WindowPlan(length=settings.context_length, overlap=settings.context_overlap,
+                      closed_loop=settings.closed_loop,
+                      offsets=offsets if offsets is not None else run_offsets(settings), on_window=on_window)
     model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, KEY, plan.calc_cond_batch)
     sigmas = make_sigmas(model.get_model_object("model_sampling"), settings.scheduler, settings.steps, settings.denoise)
     sampler = comfy.samplers.sampler_object("euler" if settings.sampler_name == DEFAULT else settings.sampler_name)

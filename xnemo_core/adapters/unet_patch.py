@@ -47,7 +47,7 @@ class XNeMoModelSampling(comfy.model_sampling.ModelSamplingDiscrete, comfy.model
         self._register_schedule(given_betas=betas, linear_start=BETA_START, linear_end=BETA_END)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CallState:
     """What the sites and the attn1 patch need for one UNet call (rows aligned with x)."""
 
@@ -140,7 +140,7 @@ def diffusion_model_wrapper(executor, x, timesteps, context, y, control, transfo
             )
         _check_window(frame_ids, transformer_options, rows // chunks)
         flags = torch.zeros(rows, dtype=torch.bool, device=x.device) if use_ref is None else use_ref.reshape(rows) > 0.5
-        transformer_options = {**transformer_options, KEY: CallState(motion, flags, bank, rows // chunks)}
+        transformer_options = {**transformer_options, KEY: CallState(motion=motion, use_reference=flags, bank=bank, frames=rows // chunks)}
     return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
 
 
@@ -167,6 +167,17 @@ def _check_window(frame_ids, transformer_options: dict, frames: int) -> None:
 # Putting it together
 # ---------------------------------------------------------------------------------------------------------------
 
+def refuse_core_context_windows(executor, *args, **kwargs):
+    """OUTER_SAMPLE wrapper: core Context Windows nodes cannot window X-NeMo's frames-as-batch latents in this ComfyUI
+    (their step lookup fails on per-frame timesteps before any model call), so say what to use instead."""
+    if executor.class_obj.model_options.get("context_handler") is not None:
+        raise IncompatibleModelError(
+            "core Context Windows cannot run an X-NeMo model: remove the Context Windows node and sample with X-NeMo "
+            "Sample Animation, which runs the official overlapping windows itself (context_length, context_overlap)"
+        )
+    return executor(*args, **kwargs)
+
+
 def apply_xnemo(model: comfy.model_patcher.ModelPatcher,
                 sites_patcher: comfy.model_patcher.ModelPatcher) -> comfy.model_patcher.ModelPatcher:
     """A clone of `model` with X-NeMo's sites, reference read and schedule attached (the input is left untouched)."""
@@ -178,6 +189,7 @@ def apply_xnemo(model: comfy.model_patcher.ModelPatcher,
     model.set_model_forward_timestep_embed_patch((XNeMoSite, site_handler))
     model.set_model_attn1_patch(ReferenceAttentionPatch())
     model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, KEY, diffusion_model_wrapper)
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KEY, refuse_core_context_windows)
     model.add_object_patch("model_sampling", XNeMoModelSampling())
     return model
 

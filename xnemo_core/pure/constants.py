@@ -9,7 +9,6 @@ CHECKPOINT_FILES = {
     "temporal_module": "xnemo_temporal_module",
 }
 
-MOTION_TOKENS = 32          # tokens per frame
 MOTION_TOKEN_DIM = 16       # width of each token
 FACE_FEATURE_DIM = 512      # raw FAN feature per frame
 MOTION_INPUT_SIZE = 224     # motion-encoder crop size
@@ -19,6 +18,8 @@ DEFAULT_STEPS = 35
 DEFAULT_CFG = 2.5
 DEFAULT_CONTEXT_LENGTH = 24
 DEFAULT_CONTEXT_OVERLAP = 4
+DEFAULT_CROP_SCALE = 1.1       # driving / reference motion crop side over the face box
+DEFAULT_SMOOTHING_SIGMA = 5.0  # Gaussian sigma (frames) of the driving crop centre
 
 BETA_START = 0.00085
 BETA_END = 0.02             # X-NeMo trains with a noisier schedule than SD1.5 (0.012)

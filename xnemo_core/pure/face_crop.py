@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import torch
 
+from .constants import DEFAULT_CROP_SCALE, DEFAULT_SMOOTHING_SIGMA, MOTION_INPUT_SIZE
 from .face_track import FaceTrack
 from .payloads import CropInfo
 
@@ -49,7 +50,7 @@ def centre_jitter(centres: torch.Tensor) -> float:
     return float((steps - steps.mean(0)).pow(2).sum(1).mean().sqrt())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DrivingCrops:
     """Motion-encoder input for a driving clip.
 
@@ -72,8 +73,8 @@ class DrivingCrops:
         return centre_jitter(self.centre_track)
 
 
-def driving_crops(frames: torch.Tensor, track: FaceTrack, scale: float = 1.1, sigma: float = 5.0,
-                  size: int = 224) -> DrivingCrops:
+def driving_crops(frames: torch.Tensor, track: FaceTrack, scale: float = DEFAULT_CROP_SCALE,
+                  sigma: float = DEFAULT_SMOOTHING_SIGMA, size: int = MOTION_INPUT_SIZE) -> DrivingCrops:
     """Official driving crop for any frame size: a square of fixed side (frame-0 face x `scale`, even), following the
     temporally smoothed face centre and kept inside the frame.
 
@@ -159,7 +160,7 @@ def reference_crop(image: torch.Tensor, face_box: Sequence[float], height: int, 
                           face_box=tuple(float(v) for v in face_box[:4]))
 
 
-def reference_motion_crop(image: torch.Tensor, face_box: Sequence[float], scale: float = 1.1,
+def reference_motion_crop(image: torch.Tensor, face_box: Sequence[float], scale: float = DEFAULT_CROP_SCALE,
                           size: int = 224) -> torch.Tensor:
     """Tight crop of the reference face for the negative motion branch: [1, 3, size, size] in [-1, 1].
 

@@ -133,7 +133,7 @@ def get_detector(name: str = "haar") -> FaceDetector:
     return DETECTORS[name]()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FaceTrack:
     """One face followed through a clip.
 

@@ -203,12 +203,6 @@ def _check_frames(frames: int, what: str) -> None:
         raise ValueError(f"{what} must be at least 2 (both end frames included), got {frames}; raise it")
 
 
-def _optional_rows(src_a, ia, src_b, ib, w, mix):
-    if src_a is None or src_b is None:
-        return None
-    return mix(src_a[ia], src_b[ib], w)
-
-
 def _resample(
     a: MotionSequence,
     ia: torch.Tensor,

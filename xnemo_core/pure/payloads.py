@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 import torch
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MotionSequence:
     """Per-frame X-NeMo motion of a driving clip (XNEMO_MOTION).
 
@@ -50,7 +50,7 @@ class MotionSequence:
         return replace(self, **changes)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CropInfo:
     """Where the reference crop came from, so Paste Back can put animated frames into the original picture (XNEMO_CROP).
 

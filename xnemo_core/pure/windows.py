@@ -42,3 +42,13 @@ def windows_per_step(frames: int, length: int, overlap: int, offsets: list[int],
     """Number of windows of each step. Closed loop: the same for every offset. Open loop: the offset moves the inner
     boundaries, so one step may run one window more than another (50 frames at 24/4: 3 or 4)."""
     return [len(context_windows(frames, length, overlap, offset, closed_loop)) for offset in offsets]
+
+
+def window_summary(frames: int, length: int, overlap: int, closed_loop: bool, steps: int, seed: int,
+                   offset_mode: str) -> dict:
+    """Windows of a whole run as the sampler will run them (for the frontend readout): fewest and most per step and
+    the total over all steps (UNet passes per CFG branch)."""
+    offsets = window_offsets(seed, steps, length, offset_mode)
+    per_step = windows_per_step(frames, length, overlap, offsets, closed_loop)
+    return {"frames": frames, "min_per_step": min(per_step), "max_per_step": max(per_step), "total": sum(per_step),
+            "steps": steps, "closed_loop": closed_loop}
