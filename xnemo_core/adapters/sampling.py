@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from ..pure.constants import (DEFAULT_CFG, DEFAULT_CONTEXT_LENGTH, DEFAULT_CONTEXT_OVERLAP, DEFAULT_STEPS,
                               INIT_BLUR_KERNEL, INIT_BLUR_SIGMA, NUM_TRAIN_TIMESTEPS, TEMPORAL_MAX_FRAMES)
 from ..pure.errors import IncompatibleModelError, XNeMoError
-from ..pure.windows import context_windows, window_offsets, windows_per_step
+from ..pure.windows import context_windows, frames_per_call, window_offsets, windows_per_step
 from .unet_patch import KEY, MOTION_COND, is_xnemo_model
 
 DEFAULT = "xnemo_ddim"
@@ -105,7 +105,8 @@ def _slice_conds(conds: list, index: torch.Tensor, frames: int) -> list:
 
 @dataclass(kw_only=True)
 class WindowPlan:
-    """Per-run window settings; its `calc_cond_batch` is the CALC_COND_BATCH wrapper doing the windowing."""
+    """Per-run window settings. `calc_cond_batch` (CALC_COND_BATCH wrapper) does the windowing; `prepare_sampling`
+    (PREPARE_SAMPLING wrapper) makes ComfyUI plan memory for one window's batch instead of the whole clip."""
 
     length: int
     overlap: int
@@ -138,6 +139,13 @@ class WindowPlan:
             counts.index_add_(0, index, torch.ones_like(counts[: len(window)]))
             self._tick()
         return [total / counts for total in sums]
+
+    def prepare_sampling(self, executor, model, noise_shape, *args, **kwargs):
+        """ComfyUI sizes its reservation (and so how much of the UNet it loads) from the noise shape it is given:
+        with the whole clip that grows ~80 MiB per frame at 512 px and streams the UNet on long clips. Only one
+        window ever reaches the UNet, so plan for one window, as ComfyUI's own context windows do."""
+        noise_shape = [frames_per_call(noise_shape[0], self.length), *noise_shape[1:]]
+        return executor(model, noise_shape, *args, **kwargs)
 
     def _tick(self) -> None:
         self.windows_run += 1
@@ -254,6 +262,7 @@ def sample_animation(model, positive, negative, latent_image: torch.Tensor, sett
                       closed_loop=settings.closed_loop,
                       offsets=offsets if offsets is not None else run_offsets(settings), on_window=on_window)
     model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, KEY, plan.calc_cond_batch)
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING, KEY, plan.prepare_sampling)
     sigmas = make_sigmas(model.get_model_object("model_sampling"), settings.scheduler, settings.steps, settings.denoise)
     sampler = comfy.samplers.sampler_object("euler" if settings.sampler_name == DEFAULT else settings.sampler_name)
     if noise is None:

@@ -140,6 +140,8 @@ class PatchEmbedding(nn.Module):
     """Patchify conv plus a fixed 2-D sin-cos position table (diffusers `PatchEmbed`, no layer norm).
 
     [N, C, S, S] -> [N, (S/p)**2, dim]. The table is a non-persistent buffer, as in diffusers: not in the checkpoint.
+    It is moved to the activations' device and dtype where used: ComfyUI moves only modules that hold weights, so in
+    its usual per-module loading (any GPU without --highvram, and every partial load) the table stays where it was.
     """
 
     def __init__(self, sample_size: int, patch_size: int, in_channels: int, dim: int,
@@ -151,7 +153,7 @@ class PatchEmbedding(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = rearrange(self.proj(x), "n c h w -> n (h w) c")  # [N, L, dim]
-        return x + self.pos_embed.to(x.dtype)
+        return x + self.pos_embed.to(device=x.device, dtype=x.dtype)
 
 
 class SpatialSelfAttention(nn.Module):
@@ -316,7 +318,7 @@ class _MotionFusionLayers(nn.Module):
         box = self.bbox_proj(f_rts)  # [N, bbox_embed_dim]
         fused = self.final_proj(torch.cat([face_features, box], dim=1))  # [N, feature_dim]
         tokens = rearrange(fused, "n (l c) -> n l c", c=self.token_dim)  # [N, tokens, token_dim]
-        return tokens + self.pe.to(tokens.dtype)
+        return tokens + self.pe.to(device=tokens.device, dtype=tokens.dtype)  # a buffer ComfyUI may not move
 
 
 class MotionFusion(_MotionFusionLayers):

@@ -28,6 +28,12 @@ def context_windows(frames: int, length: int, overlap: int, offset: int = 0, clo
     return [list(range(s, s + length)) for s in starts]
 
 
+def frames_per_call(frames: int, length: int) -> int:
+    """Frames one UNet call sees: the whole clip up to one window, never more. Memory is planned for this many
+    frames (times the CFG rows), so the plan stays the same from one window to a thousand frames."""
+    return min(frames, length)
+
+
 def window_offsets(seed: int, steps: int, length: int, mode: str) -> list[int]:
     """One offset per step in [0, length): drawn from the seed, so a seed reproduces a clip bit for bit."""
     if mode == "none":
