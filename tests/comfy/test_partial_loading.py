@@ -25,14 +25,15 @@ from xnemo_pack.xnemo_core.adapters import sampling
 from xnemo_pack.xnemo_core.adapters.model import XNeMoFiles, load_xnemo
 from xnemo_pack.xnemo_core.adapters.reference_bank import compute_reference_bank, run_reference_unet
 from xnemo_pack.xnemo_core.adapters.unet_patch import KEY, xnemo_conditioning
+from xnemo_pack.xnemo_core.pure.constants import CHECKPOINT_FILES
 
 META = torch.device("meta")
-ROLES = ("denoising_unet", "reference_unet", "motion_encoder", "temporal_module")
 MOVES = {"to", "copy_", "cpu", "cuda", "__get__", "__set__"}
 
 
 def load(fixture_dir):
-    return load_xnemo(XNeMoFiles(*(str(fixture_dir / f"xnemo_{r}.pth") for r in ROLES)), "fp32")
+    files = XNeMoFiles(**{role: str(fixture_dir / f"{stem}.pth") for role, stem in CHECKPOINT_FILES.items()})
+    return load_xnemo(files, "fp32")
 
 
 class OneDevicePerOp(TorchFunctionMode):
