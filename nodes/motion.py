@@ -16,8 +16,10 @@ from .types import CATEGORY, XNeMo, XNeMoMotion
 def face_inputs() -> list:
     """Face options shared by Encode Motion and Reference Condition."""
     return [
-        io.Combo.Input("detector", options=list(face_track.DETECTORS), default="haar",
-                       tooltip="Face detector. haar: OpenCV's cascade, no extra downloads."),
+        io.Combo.Input("detector", options=list(face_track.DETECTORS), default=face_track.DEFAULT_DETECTOR,
+                       tooltip="Face detector. blazeface: MediaPipe's BlazeFace short range, the detector the official "
+                               "X-NeMo crops are cut around (bundled, runs on the GPU when there is one). haar: "
+                               "OpenCV's cascade; its boxes sit higher and larger, so crops differ from the official."),
         io.Int.Input("face_index", default=0, min=0, max=16,
                      tooltip="Which face to follow when several are visible (0 = first in face_order)."),
         io.Combo.Input("face_order", options=list(face_track.FACE_INDEX_MODES), default="largest",
@@ -41,7 +43,8 @@ class XNeMoEncodeMotion(io.ComfyNode):
                 *face_inputs(),
                 io.Float.Input("crop_scale", default=DEFAULT_CROP_SCALE, min=1.0, max=3.0, step=0.05,
                                tooltip=f"Driving crop side relative to the face box of the first frame "
-                                       f"(official {DEFAULT_CROP_SCALE})."),
+                                       f"(official {DEFAULT_CROP_SCALE}); Reference Condition cuts the reference's "
+                                       "own motion crop with the same scale."),
                 io.Float.Input("smoothing_sigma", default=DEFAULT_SMOOTHING_SIGMA, min=0.0, max=50.0, step=0.5,
                                tooltip=f"Temporal smoothing of the crop centre in frames (official "
                                        f"{DEFAULT_SMOOTHING_SIGMA:g}). Raise for shaky detections, lower "

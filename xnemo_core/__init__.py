@@ -11,12 +11,15 @@ pure/ (torch, numpy, OpenCV; never imports ComfyUI or anything outside pure/)
     motion_encoder  face crop + f_rts -> 32 x 16 motion tokens
     motion_ops      interpolation and re-timing of motion
     motion_file     XNEMO_MOTION to and from a versioned .safetensors file (Save / Load Motion)
-    face_track      face detection and tracking, face choice, missing-face policies, preview
-    face_crop       official crop geometry and f_rts
+    face_track      face detection (BlazeFace default, Haar) and tracking, face choice, missing-face policies, preview
+    face_crop       official crop geometry and resize filters, reference and CLIP crops, f_rts
+    blazeface       MediaPipe's FaceDetector (BlazeFace short range) in torch, batched
+    tflite          a small TensorFlow Lite file reader (tensors, operators, buffers)
     windows         sliding context windows and window counts
     compose         paste-back into the original frames
 
 adapters/ (ComfyUI side: may import pure/ and comfy, never pipeline or nodes)
+    face_model      the BlazeFace model file and the device the detector runs on
     checkpoint      the four official files: safe reading, identification, key mapping
     model           build the denoising MODEL and the XNEMO bundle as ComfyUI models
     unet_patch      sites injected into ComfyUI's UNet, conditioning routing, X-NeMo schedule

@@ -14,6 +14,7 @@ import torch
 from .pure import face_crop, face_track
 from .pure.constants import DEFAULT_CROP_SCALE, DEFAULT_SMOOTHING_SIGMA, LATENT_SCALE, MOTION_INPUT_SIZE
 from .pure.errors import IncompatibleModelError, NoFaceError
+from .adapters.face_model import face_detector
 from .adapters.model import XNeMoBundle
 from .pure.payloads import CropInfo, MotionSequence
 from .adapters.reference_bank import compute_reference_bank
@@ -25,7 +26,7 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True, kw_only=True)
 class FaceOptions:
-    detector: str = "haar"
+    detector: str = face_track.DEFAULT_DETECTOR
     crop_scale: float = DEFAULT_CROP_SCALE
     smoothing_sigma: float = DEFAULT_SMOOTHING_SIGMA
     face_index: int = 0
@@ -34,12 +35,12 @@ class FaceOptions:
     f_rts_mode: str = "official"
 
 
-def reference_face_box(image: torch.Tensor, detector: str = "haar", face_index: int = 0,
+def reference_face_box(image: torch.Tensor, detector: str = face_track.DEFAULT_DETECTOR, face_index: int = 0,
                        face_order: str = "largest") -> tuple[float, float, float, float]:
     """Face box of a single reference picture [1, H, W, 3]; NoFaceError says what to do when there is none."""
     image = face_track.as_rgb(image[:1], "image")
     try:
-        track = face_track.track_face(image, face_track.get_detector(detector), face_index, face_order, missing="error")
+        track = face_track.track_face(image, face_detector(detector), face_index, face_order, missing="error")
     except NoFaceError as e:
         if str(e).startswith("face_index"):
             raise NoFaceError(f"reference image: {e}") from None
@@ -59,7 +60,7 @@ def encode_motion(xnemo: XNeMoBundle, frames: torch.Tensor, options: FaceOptions
         if progress is not None:
             progress(min(done, n), total)
 
-    detector = face_track.get_detector(options.detector)
+    detector = face_detector(options.detector)
     track = face_track.track_face(frames, detector, options.face_index, options.face_order, options.missing_face, tracked)
     crops = face_crop.driving_crops(frames, track, options.crop_scale, options.smoothing_sigma, MOTION_INPUT_SIZE)
     ref_box = None
@@ -73,7 +74,7 @@ def encode_motion(xnemo: XNeMoBundle, frames: torch.Tensor, options: FaceOptions
                                   (lambda done, _: progress(n + done, total)))
     motion = MotionSequence(tokens=xnemo.fuse(features, f_rts), face_features=features, f_rts=f_rts,
                             fusion=xnemo.fusion_head(), boxes=track.boxes, face_found=track.found,
-                            fps=float(fps) if fps else None)
+                            fps=float(fps) if fps else None, crop_scale=float(options.crop_scale))
     return motion, face_track.draw_track(frames, track, crops.crop_boxes)
 
 
@@ -97,8 +98,10 @@ def reference_condition(xnemo: XNeMoBundle, image: torch.Tensor, clip_vision, va
     steps = 4
     _tick(progress, 1, steps)
 
-    # Negative motion: the reference face's own expression, box parameter [0, 0, 1] (official uncond branch).
-    motion_crop = face_crop.reference_motion_crop(image[0], box, options.crop_scale, MOTION_INPUT_SIZE)
+    # Negative motion: the reference face's own expression, box parameter [0, 0, 1] (official uncond branch), cut
+    # with the driving crop's scale so the two motions agree.
+    scale = motion.crop_scale if motion.crop_scale is not None else options.crop_scale
+    motion_crop = face_crop.reference_motion_crop(image[0], box, scale, MOTION_INPUT_SIZE)
     reference_tokens = xnemo.fuse(xnemo.encode_faces(motion_crop), torch.tensor([[0.0, 0.0, 1.0]]))
     _tick(progress, 2, steps)
 

@@ -1,7 +1,8 @@
 """Face detection and tracking over a clip: detectors, face choice (face_index), missing-face policies, the preview.
 
-Pure room: numpy, torch and OpenCV only. Boxes are (x0, y0, x1, y1) in source pixels, frames are ComfyUI IMAGE
-tensors ([F, H, W, 3] float in 0..1).
+Two detectors: MediaPipe's BlazeFace short-range model (blazeface.py), the one the official X-NeMo crops were made
+with and the default, and OpenCV's Haar cascades. Pure room: numpy, torch and OpenCV only. Boxes are (x0, y0, x1, y1)
+in source pixels, frames are ComfyUI IMAGE tensors ([F, H, W, 3] float in 0..1).
 """
 
 from __future__ import annotations
@@ -9,12 +10,14 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 import cv2
 import numpy as np
 import torch
 
+from . import blazeface
 from .errors import NoFaceError
 
 logger = logging.getLogger("xnemo")
@@ -28,8 +31,10 @@ MISSING_FACE_POLICIES = ("interpolate", "hold", "error")
 class FaceDetector(Protocol):
     """Anything with `detect(image_rgb_u8[H, W, 3]) -> [(x0, y0, x1, y1, score), ...]`.
 
-    A detector may also offer `detect_near(image, box)`, a cheaper search for a face about the size of `box`;
-    `track_face` uses it when present and falls back to `detect` when it finds nothing.
+    A detector may also offer `detect_batch(frames, progress)`, detections of a whole IMAGE batch at once, which
+    `track_face` then uses instead of `detect`; `detect_small(image)`, a slower search for faces too small for
+    `detect`, used until the face to follow is found; and `detect_near(image, box)`, a closer search for a face about
+    the size and place of `box`, used where the tracked face is not among the detections.
     """
 
     def detect(self, image_rgb_u8: np.ndarray) -> list[Detection]: ...
@@ -124,12 +129,93 @@ def _load_cascade(name: str) -> cv2.CascadeClassifier:
     return cascade
 
 
-DETECTORS: dict[str, Callable[[], FaceDetector]] = {"haar": HaarFaceDetector}
+class BlazeFaceFaceDetector:
+    """MediaPipe's BlazeFace short-range model, the detector the official X-NeMo crops were cut with (blazeface.py).
+
+    Whole frames are detected exactly as MediaPipe's FaceDetector sees them (the frame letterboxed into 128x128),
+    batched on `device` (`detect_batch`). The short-range model wants faces that fill a good part of its input, so
+    for faces that come out too small that way (landscape frames, small faces) two fallbacks look closer:
+    - until the face to follow is found, a frame without it is searched again in overlapping squares (frame-high
+      squares along a landscape frame, then half-size squares: `detect_small`);
+    - while tracking, a frame whose detections hold no match for the tracked face is searched in a square three faces
+      wide around it (`detect_near`).
+    Scores are BlazeFace's probabilities (0.5 to 1).
+    """
+
+    def __init__(self, model_path: str | Path | None = None, device: torch.device | str = "cpu",
+                 batch_size: int = 32) -> None:
+        self._blaze = blazeface.get_detector(model_path or blazeface.BUNDLED_MODEL, device)
+        self.batch_size = batch_size
+
+    def detect(self, image_rgb_u8: np.ndarray) -> list[Detection]:
+        return self.detect_batch(torch.from_numpy(np.ascontiguousarray(image_rgb_u8))[None])[0]
+
+    def detect_batch(self, frames: torch.Tensor, progress: Callable[[int, int], None] | None = None
+                     ) -> list[list[Detection]]:
+        """Whole-frame detections of every frame of an IMAGE batch ([F, H, W, 3], 0..1 float or uint8)."""
+        n = frames.shape[0]
+        out: list[list[Detection]] = []
+        for start in range(0, n, self.batch_size):
+            found = self._blaze.detect_frames(frames[start:start + self.batch_size])
+            out += [[_as_detection(d) for d in faces] for faces in found]
+            if progress is not None:
+                progress(min(start + self.batch_size, n), n)
+        return out
+
+    def detect_small(self, image_rgb_u8: np.ndarray) -> list[Detection]:
+        """Faces too small for the whole-frame pass: the frame searched in overlapping squares, one batch."""
+        tiles = _tiles(image_rgb_u8.shape[1], image_rgb_u8.shape[0])
+        if not tiles:
+            return []
+        frame = torch.from_numpy(np.ascontiguousarray(image_rgb_u8))[None].expand(len(tiles), -1, -1, -1)
+        return _suppress([_as_detection(d) for faces in self._blaze.detect_frames(frame, tiles) for d in faces])
+
+    def detect_near(self, image_rgb_u8: np.ndarray, box: Sequence[float]) -> list[Detection]:
+        """The square three faces wide about `box`, letterboxed into the model alone (a small face comes out large)."""
+        side = 3 * max(box[2] - box[0], box[3] - box[1], 8.0)
+        cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        region = (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
+        frame = torch.from_numpy(np.ascontiguousarray(image_rgb_u8))[None]
+        return [_as_detection(d) for d in self._blaze.detect_frames(frame, [region])[0]]
 
 
-def get_detector(name: str = "haar") -> FaceDetector:
+def _as_detection(face: blazeface.FaceDetection) -> Detection:
+    return tuple(float(v) for v in face.box) + (float(face.score),)
+
+
+def _tiles(width: int, height: int) -> list[tuple[float, float, float, float]]:
+    """Overlapping squares for frames where the whole-frame pass saw no face: frame-high (or -wide) squares along a
+    non-square frame, then squares of half that side, half overlapping; none smaller than 64 px."""
+    out = []
+    side = min(width, height)
+    for s in ([side] if width != height else []) + ([side / 2] if side / 2 >= 64 else []):
+        xs = np.linspace(0, width - s, max(1, math.ceil(2 * (width - s) / s) + 1)) if width > s else [0.0]
+        ys = np.linspace(0, height - s, max(1, math.ceil(2 * (height - s) / s) + 1)) if height > s else [0.0]
+        out += [(float(x), float(y), float(x + s), float(y + s)) for y in ys for x in xs]
+    return out
+
+
+def _suppress(dets: list[Detection], iou: float = 0.3) -> list[Detection]:
+    """Best-scoring first; drop a detection overlapping a kept one (tiles overlap, so faces are seen twice)."""
+    keep: list[Detection] = []
+    for d in sorted(dets, key=lambda d: -d[4]):
+        if all(_iou(d, k) <= iou for k in keep):
+            keep.append(d)
+    return keep
+
+
+DETECTORS: dict[str, Callable[..., FaceDetector]] = {"blazeface": BlazeFaceFaceDetector, "haar": HaarFaceDetector}
+DEFAULT_DETECTOR = "blazeface"
+
+
+def get_detector(name: str = DEFAULT_DETECTOR, device: torch.device | str = "cpu",
+                 model_path: str | Path | None = None) -> FaceDetector:
+    """A detector by name. BlazeFace runs on `device` and reads `model_path` (default: the file bundled in the pack's
+    models/ folder); Haar runs on the CPU."""
     if name not in DETECTORS:
         raise ValueError(f"unknown face detector {name!r}; available: {', '.join(sorted(DETECTORS))}")
+    if name == "blazeface":
+        return BlazeFaceFaceDetector(model_path, device)
     return DETECTORS[name]()
 
 
@@ -169,16 +255,25 @@ def track_face(frames: torch.Tensor, detector: FaceDetector | None = None, face_
         raise ValueError(f"frames must be an IMAGE batch [frames, height, width, 3], got {tuple(frames.shape)}")
     detector = detector if detector is not None else get_detector()
     near = getattr(detector, "detect_near", None)
+    small = getattr(detector, "detect_small", None)
+    batch = getattr(detector, "detect_batch", None)
     n = frames.shape[0]
     boxes = np.zeros((n, 4))
     found = np.zeros(n, dtype=bool)
+    # A batched detector sees every frame at once (that is its progress); then tracking only picks among them.
+    every = batch(frames, progress) if batch is not None else None
+
+    def detections(i: int) -> list[Detection]:
+        return every[i] if every is not None else detector.detect(_to_u8(frames[i]))
 
     # 1. Pick the face: first frame with enough faces.
     start, most = None, 0
     for i in range(n):
-        dets = _drop_nested(detector.detect(_to_u8(frames[i])))
+        dets = _drop_nested(detections(i))
+        if len(dets) <= face_index and small is not None:
+            dets = _drop_nested(_suppress(dets + small(_to_u8(frames[i]))))
         most = max(most, len(dets))
-        if progress is not None:
+        if progress is not None and every is None:
             progress(i + 1, n)
         if len(dets) > face_index:
             start = i
@@ -191,21 +286,28 @@ def track_face(frames: torch.Tensor, detector: FaceDetector | None = None, face_
         raise NoFaceError(f"face_index {face_index} asks for face #{face_index + 1} ({index_mode}), but no frame shows "
                           f"more than {most} face(s); set face_index to {most - 1} or less")
 
-    # 2. Follow it forward, then backward from the start frame.
+    # 2. Follow it forward, then backward from the start frame. Haar looks near the previous face first (cheaper),
+    # a batched detector only where its whole-frame detections hold no match.
     done, total = start + 1, n + start
     for order in (range(start + 1, n), range(start - 1, -1, -1)):
         prev, gap = boxes[start], 0
         for i in order:
-            image = _to_u8(frames[i])
-            box = _closest(near(image, prev), prev, gap) if near is not None else None
-            if box is None:
-                box = _closest(detector.detect(image), prev, gap)
+            box = None
+            if every is None:
+                image = _to_u8(frames[i])
+                box = _closest(near(image, prev), prev, gap) if near is not None else None
+                if box is None:
+                    box = _closest(detector.detect(image), prev, gap)
+            else:
+                box = _closest(every[i], prev, gap)
+                if box is None and near is not None:
+                    box = _closest(near(_to_u8(frames[i]), prev), prev, gap)
             if box is not None:
                 boxes[i], found[i], prev, gap = box, True, box, 0
             else:
                 gap += 1
             done += 1
-            if progress is not None:
+            if progress is not None and every is None:
                 progress(done, total)
 
     # 3. Fill the frames without a face.

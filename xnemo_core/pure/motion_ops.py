@@ -243,7 +243,8 @@ def _resample(
         fa, fb = a.face_found[ia].bool(), b.face_found[ib].bool()
         face_found = torch.where(at_a, fa, torch.where(at_b, fb, fa & fb))
     return MotionSequence(
-        tokens=tokens, face_features=feats, f_rts=f_rts, fusion=fusion, boxes=boxes, face_found=face_found, fps=fps
+        tokens=tokens, face_features=feats, f_rts=f_rts, fusion=fusion, boxes=boxes, face_found=face_found, fps=fps,
+        crop_scale=a.crop_scale if a.crop_scale == b.crop_scale else None,
     )
 
 

@@ -22,6 +22,8 @@ class MotionSequence:
         boxes (`Tensor[F, 4]` or None): face box per driving frame, (x0, y0, x1, y1) in source pixels.
         face_found (`Tensor[F]` bool or None): False where the detector missed and the box was filled in.
         fps (float or None): frame rate of the driving clip when known.
+        crop_scale (float or None): the driving crop's scale, which the reference's own motion crop (the negative
+            branch) then uses too, so both motions are cut alike.
     """
 
     tokens: torch.Tensor
@@ -31,6 +33,7 @@ class MotionSequence:
     boxes: torch.Tensor | None = None
     face_found: torch.Tensor | None = None
     fps: float | None = None
+    crop_scale: float | None = None
 
     def __post_init__(self) -> None:
         frames = self.tokens.shape[0]
