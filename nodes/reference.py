@@ -7,6 +7,7 @@ import torch
 from comfy_api.latest import io
 
 from ..xnemo_core.pipeline import FaceOptions, reference_condition
+from ..xnemo_core.pure.motion_ops import MAX_STRENGTH
 from ..xnemo_core.pure.payloads import MotionSequence
 from .checks import check_named
 from .motion import face_inputs
@@ -39,6 +40,14 @@ class XNeMoReferenceCondition(io.ComfyNode):
                 io.Int.Input("height", default=512, min=64, max=MAX_SIDE, step=64,
                              tooltip="Generation height in pixels (multiple of 64). X-NeMo was trained at 512."),
                 *face_inputs(),
+                io.Float.Input("motion_strength", default=1.0, min=0.0, max=MAX_STRENGTH, step=0.05,
+                               tooltip="How much of the driving face's expression to use: 1 = the driving video "
+                                       "(official), 0 = the portrait's own expression, in between blends the two; "
+                                       "above 1 exaggerates. Acts on the whole face (no eyes-only or mouth-only)."),
+                io.Float.Input("head_strength", default=1.0, min=0.0, max=MAX_STRENGTH, step=0.05,
+                               tooltip="How much of the driving head position and zoom to use (1 = driving, 0 = the "
+                                       "portrait's own). Only with Encode Motion's f_rts_mode 'relative': 'official' "
+                                       "motion has none."),
             ],
             outputs=[
                 io.Conditioning.Output(display_name="positive", tooltip="CLIP image embedding, reference features and "
@@ -69,7 +78,8 @@ class XNeMoReferenceCondition(io.ComfyNode):
 
     @classmethod
     def execute(cls, xnemo, image: torch.Tensor, clip_vision, vae, motion: MotionSequence, width: int, height: int,
-                detector: str, face_index: int, face_order: str) -> io.NodeOutput:
+                detector: str, face_index: int, face_order: str, motion_strength: float = 1.0,
+                head_strength: float = 1.0) -> io.NodeOutput:
         if not isinstance(motion, MotionSequence):
             raise ValueError("motion must come from X-NeMo Encode Motion or Interpolate Motion")
         if image.ndim != 4 or image.shape[0] == 0:
@@ -78,7 +88,8 @@ class XNeMoReferenceCondition(io.ComfyNode):
         bar = comfy.utils.ProgressBar(4)
         result = reference_condition(xnemo, image, clip_vision, vae, motion, width, height,
                                      FaceOptions(detector=detector, face_index=face_index, face_order=face_order),
-                                     progress=lambda done, total: bar.update_absolute(done, total))
+                                     progress=lambda done, total: bar.update_absolute(done, total),
+                                     motion_strength=motion_strength, head_strength=head_strength)
         return io.NodeOutput(result.positive, result.negative, {"samples": result.latent}, result.crop,
                              result.crop_image)
 

@@ -9,7 +9,7 @@ pure/ (torch, numpy, OpenCV; never imports ComfyUI or anything outside pure/)
     keys            strict state-dict key checks
     layers          motion cross-attention and temporal attention sites, feed-forward
     motion_encoder  face crop + f_rts -> 32 x 16 motion tokens
-    motion_ops      interpolation and re-timing of motion
+    motion_ops      interpolation, re-timing and strength of motion
     motion_file     XNEMO_MOTION to and from a versioned .safetensors file (Save / Load Motion)
     face_track      face detection (BlazeFace default, Haar) and tracking, face choice, missing-face policies, preview
     face_crop       official crop geometry and resize filters, reference and CLIP crops, f_rts

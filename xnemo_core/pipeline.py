@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from .pure import face_crop, face_track
+from .pure import face_crop, face_track, motion_ops
 from .pure.constants import DEFAULT_CROP_SCALE, DEFAULT_SMOOTHING_SIGMA, LATENT_SCALE, MOTION_INPUT_SIZE
 from .pure.errors import IncompatibleModelError, NoFaceError
 from .adapters.face_model import face_detector
@@ -89,8 +89,13 @@ class ReferenceResult:
 
 def reference_condition(xnemo: XNeMoBundle, image: torch.Tensor, clip_vision, vae, motion: MotionSequence,
                         width: int, height: int, options: FaceOptions = FaceOptions(),
-                        progress: Progress | None = None) -> ReferenceResult:
-    """Crop the reference the official way, then CLIP embedding, VAE latent, ReferenceNet bank and the CFG pair."""
+                        progress: Progress | None = None, motion_strength: float = 1.0,
+                        head_strength: float = 1.0) -> ReferenceResult:
+    """Crop the reference the official way, then CLIP embedding, VAE latent, ReferenceNet bank and the CFG pair.
+
+    motion_strength / head_strength below 1 move the driving motion towards the portrait's own (its face feature,
+    and the head position/zoom f_rts) before it goes into the positive branch: `motion_ops.toward_own_motion`.
+    """
     image = face_track.as_rgb(image[:1], "image")
     box = reference_face_box(image, options.detector, options.face_index, options.face_order)
     crop_image, crop = face_crop.reference_crop(image[0], box, height, width)
@@ -102,7 +107,12 @@ def reference_condition(xnemo: XNeMoBundle, image: torch.Tensor, clip_vision, va
     # with the driving crop's scale so the two motions agree.
     scale = motion.crop_scale if motion.crop_scale is not None else options.crop_scale
     motion_crop = face_crop.reference_motion_crop(image[0], box, scale, MOTION_INPUT_SIZE)
-    reference_tokens = xnemo.fuse(xnemo.encode_faces(motion_crop), torch.tensor([[0.0, 0.0, 1.0]]))
+    own_features, own_f_rts = xnemo.encode_faces(motion_crop), torch.tensor([[0.0, 0.0, 1.0]])
+    reference_tokens = xnemo.fuse(own_features, own_f_rts)
+    if (motion_strength, head_strength) != (1.0, 1.0):
+        own = MotionSequence(tokens=reference_tokens, face_features=own_features, f_rts=own_f_rts,
+                             fusion=xnemo.fusion_head())
+        motion = motion_ops.toward_own_motion(motion, own, motion_strength, head_strength)
     _tick(progress, 2, steps)
 
     clip_embed = clip_vision.encode_image(crop_image)["image_embeds"].float().cpu()

@@ -226,3 +226,67 @@ def test_retime_errors(gen):
         retime(m, fps=1.0)  # round(6 * 1 / 25) = 0 frames
     with pytest.raises(ValueError, match="fusion head"):
         retime(m.with_(fusion=None), frames=12)
+
+
+# --- motion strength (towards the portrait's own motion) ---------------------------------------------------------
+
+def own_motion(gen: torch.Generator, fusion) -> MotionSequence:
+    """The portrait's own motion as Reference Condition makes it: one face feature, f_rts [0, 0, 1], its tokens."""
+    feats = torch.randn(1, 512, generator=gen)
+    f_rts = torch.tensor([[0.0, 0.0, 1.0]])
+    with torch.no_grad():
+        tokens = fusion(feats, f_rts) + 1e-7 * torch.randn(1, 32, 16, generator=gen)
+    return MotionSequence(tokens=tokens, face_features=feats, f_rts=f_rts, fusion=fusion)
+
+
+def test_motion_strength_endpoints_are_exact(gen):
+    driving = make_motion(gen)
+    own = own_motion(gen, driving.fusion)
+    full = motion_ops.toward_own_motion(driving, own, 1.0, 1.0)
+    assert torch.equal(full.tokens, driving.tokens) and torch.equal(full.face_features, driving.face_features)
+    assert torch.equal(full.f_rts, driving.f_rts) and full.boxes is driving.boxes and full.fps == driving.fps
+    none = motion_ops.toward_own_motion(driving, own, 0.0, 0.0)
+    assert torch.equal(none.tokens, own.tokens.expand(driving.frames, -1, -1))
+    assert torch.equal(none.face_features, own.face_features.expand(driving.frames, -1))
+    assert torch.equal(none.f_rts, own.f_rts.expand(driving.frames, -1))
+
+
+def test_motion_strength_scales_expression_and_head_separately(gen):
+    driving = make_motion(gen)  # f_rts of every frame differs from [0, 0, 1], as in f_rts_mode 'relative'
+    own = own_motion(gen, driving.fusion)
+    frames = driving.frames
+    expression_only = motion_ops.toward_own_motion(driving, own, 1.0, 0.0)
+    assert torch.equal(expression_only.face_features, driving.face_features)
+    assert torch.equal(expression_only.f_rts, own.f_rts.expand(frames, -1))
+    head_only = motion_ops.toward_own_motion(driving, own, 0.0, 1.0)
+    assert torch.equal(head_only.face_features, own.face_features.expand(frames, -1))
+    assert torch.equal(head_only.f_rts, driving.f_rts)
+    for out in (expression_only, head_only):  # re-fused with the fusion head, like any edited motion
+        with torch.no_grad():
+            assert torch.equal(out.tokens, driving.fusion(out.face_features, out.f_rts))
+        assert not torch.equal(out.tokens, driving.tokens)
+
+    half = motion_ops.toward_own_motion(driving, own, 0.5, 0.25)
+    assert torch.allclose(half.face_features, slerp(own.face_features.expand(frames, -1), driving.face_features, 0.5))
+    assert torch.allclose(half.f_rts, own.f_rts + 0.25 * (driving.f_rts - own.f_rts), atol=1e-6)
+    more = motion_ops.toward_own_motion(driving, own, 1.5, 1.0, method="lerp")  # above 1 exaggerates
+    assert torch.allclose(more.face_features, own.face_features + 1.5 * (driving.face_features - own.face_features),
+                          atol=1e-5)
+
+
+def test_motion_strength_with_official_f_rts(gen):
+    """f_rts_mode 'official' motion carries [0, 0, 1] on every frame: the head strength changes nothing, and
+    expression strength 0 gives the portrait's own tokens exactly."""
+    driving = make_motion(gen)
+    driving = driving.with_(f_rts=torch.tensor([[0.0, 0.0, 1.0]]).expand(driving.frames, -1).clone())
+    own = own_motion(gen, driving.fusion)
+    assert torch.equal(motion_ops.toward_own_motion(driving, own, 1.0, 0.0).tokens, driving.tokens)
+    assert torch.equal(motion_ops.toward_own_motion(driving, own, 0.0, 0.7).tokens,
+                       own.tokens.expand(driving.frames, -1, -1))
+
+
+@pytest.mark.parametrize("strength, head", [(-0.1, 1.0), (1.0, 2.5), (float("nan"), 1.0)])
+def test_motion_strength_out_of_range(gen, strength, head):
+    driving = make_motion(gen)
+    with pytest.raises(ValueError, match=r"strength is .*: use 0 \(the portrait's own\) to 1 \(the driving video\)"):
+        motion_ops.toward_own_motion(driving, own_motion(gen, driving.fusion), strength, head)

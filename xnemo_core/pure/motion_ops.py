@@ -1,4 +1,4 @@
-"""Interpolation and re-timing of X-NeMo motion (XNEMO_MOTION).
+"""Interpolation, re-timing and strength of X-NeMo motion (XNEMO_MOTION).
 
 The paper edits motion in the 512-d face-feature space and re-fuses it with the box embedding; the official
 `fuse_emb` that should do this raises (it calls an `out_proj` that never exists). Here every synthesized frame is
@@ -20,6 +20,7 @@ import torch
 from .payloads import MotionSequence
 
 METHODS = ("lerp", "slerp")
+MAX_STRENGTH = 2.0  # motion strength above 1 extrapolates (exaggerates); far above it leaves the trained range
 
 Easing = Callable[[torch.Tensor], torch.Tensor]
 
@@ -379,3 +380,59 @@ def parse_indices(text: str) -> list[int]:
         except ValueError:
             raise ValueError(f"keyframe {item!r} is not a whole number; write frame indices like '0, 40, 80'") from None
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# motion strength
+
+
+def toward_own_motion(driving: MotionSequence, own: MotionSequence, strength: float, head_strength: float,
+                      method: str = "slerp") -> MotionSequence:
+    """Blend the driving motion towards the portrait's own motion ("motion strength").
+
+    `own` is the portrait's own motion, one frame: its 512-d face feature, the neutral box parameter [0, 0, 1] (the
+    portrait's own head position and size) and their tokens, as the negative branch uses them. Per driving frame:
+    - the face feature goes from the portrait's (strength 0) to the driving frame's (1) with `method`;
+    - f_rts, the head position and zoom, goes from [0, 0, 1] (head_strength 0) to the driving frame's (1) linearly;
+    and the pair is re-fused with the fusion head (the driving motion's, else `own`'s). Above 1 both extrapolate,
+    which exaggerates. Frames whose feature and f_rts equal the driving frame's, or the portrait's own, copy those
+    tokens: strengths 1/1 give the driving motion and 0/0 the portrait's own motion on every frame, bit for bit.
+
+    The face feature describes the whole face at once (expression, gaze, mouth together): there is no eyes-only or
+    mouth-only strength. With f_rts_mode 'official' every frame's f_rts is already [0, 0, 1], so head_strength has
+    no effect.
+    """
+    blend = _blend(method)
+    if own.frames != 1:
+        raise ValueError(f"the portrait's own motion must be one frame, got {own.frames}")
+    _check_compatible(driving, own)
+    for name, value in (("motion strength", strength), ("head motion strength", head_strength)):
+        if not 0.0 <= value <= MAX_STRENGTH:  # also refuses NaN
+            raise ValueError(f"{name} is {value}: use 0 (the portrait's own) to 1 (the driving video), up to "
+                             f"{MAX_STRENGTH:g} to exaggerate")
+    frames = driving.frames
+    own_feats = own.face_features.to(driving.face_features.dtype).expand(frames, -1)
+    own_rts = own.f_rts.to(driving.f_rts.dtype).expand(frames, -1)
+
+    if strength == 1.0:
+        feats = driving.face_features.clone()
+    elif strength == 0.0:
+        feats = own_feats.clone()
+    else:
+        feats = blend(own_feats, driving.face_features, strength).to(driving.face_features.dtype)
+    if head_strength == 1.0:
+        f_rts = driving.f_rts.clone()
+    elif head_strength == 0.0:
+        f_rts = own_rts.clone()
+    else:
+        f_rts = lerp(own_rts.double(), driving.f_rts.double(), head_strength).to(driving.f_rts.dtype)
+
+    same_as_driving = (feats == driving.face_features).all(dim=1) & (f_rts == driving.f_rts).all(dim=1)
+    same_as_own = (feats == own_feats).all(dim=1) & (f_rts == own_rts).all(dim=1) & ~same_as_driving
+    tokens = driving.tokens.clone()
+    tokens[same_as_own] = own.tokens.to(tokens.dtype)
+    rest = ~(same_as_driving | same_as_own)
+    if rest.any():
+        fusion = driving.fusion if driving.fusion is not None else _require_fusion(own, "the portrait's own motion")
+        tokens[rest] = fuse(fusion, feats[rest], f_rts[rest], like=tokens)
+    return driving.with_(tokens=tokens, face_features=feats, f_rts=f_rts)
