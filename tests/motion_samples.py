@@ -26,9 +26,8 @@ def motion(frames: int = 7, **changes) -> MotionSequence:
     found = torch.ones(frames, dtype=torch.bool)
     found[2] = False
     fields = {"tokens": tokens, "face_features": feats, "f_rts": f_rts, "fusion": head,
-              "boxes": torch.rand(frames, 4, generator=g) * 300, "face_found": found, "fps": 29.97002997002997}
-    if "crop_scale" in MotionSequence.__dataclass_fields__:
-        fields["crop_scale"] = 1.1
+              "boxes": torch.rand(frames, 4, generator=g) * 300, "face_found": found, "fps": 29.97002997002997,
+              "crop_scale": 1.1}
     fields.update(changes)
     return MotionSequence(**fields)
 
@@ -40,4 +39,4 @@ def assert_same(a: MotionSequence, b: MotionSequence) -> None:
             assert y is None, name
         else:
             assert x.dtype == y.dtype and torch.equal(x, y), name
-    assert a.fps == b.fps and getattr(a, "crop_scale", None) == getattr(b, "crop_scale", None)
+    assert a.fps == b.fps and a.crop_scale == b.crop_scale

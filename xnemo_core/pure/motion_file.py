@@ -52,7 +52,7 @@ def save_motion(motion: MotionSequence, path: str) -> None:
     tensors = {name: getattr(motion, name).contiguous() for name in _FIELDS if getattr(motion, name) is not None}
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
                 "fps": "" if motion.fps is None else repr(float(motion.fps)),
-                "crop_scale": "" if getattr(motion, "crop_scale", None) is None else repr(float(motion.crop_scale))}
+                "crop_scale": "" if motion.crop_scale is None else repr(float(motion.crop_scale))}
     if motion.fusion is not None:
         if not hasattr(motion.fusion, "fusion_sizes"):
             raise MotionFileError(f"the motion's fusion head ({type(motion.fusion).__name__}) cannot be saved; encode "
@@ -115,10 +115,8 @@ def load_motion(path: str) -> MotionSequence:
     fields = {k: tensors.get(k) for k in _FIELDS}
     if fields["face_found"] is not None:
         fields["face_found"] = fields["face_found"].to(torch.bool)
-    extra = {}
-    if "crop_scale" in MotionSequence.__dataclass_fields__:
-        extra["crop_scale"] = _optional_float(meta.get("crop_scale", ""), "crop_scale", path)
     try:
-        return MotionSequence(**fields, fusion=fusion, fps=_optional_float(meta.get("fps", ""), "fps", path), **extra)
+        return MotionSequence(**fields, fusion=fusion, fps=_optional_float(meta.get("fps", ""), "fps", path),
+                              crop_scale=_optional_float(meta.get("crop_scale", ""), "crop_scale", path))
     except ValueError as err:
         raise MotionFileError(f"{name}: {err}; the file is damaged, save the motion again") from None
