@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
+import types
 from pathlib import Path
 
 import cv2
@@ -12,7 +14,7 @@ import pytest
 import torch
 
 from xnemo_pack.xnemo_core.pure import face_crop, face_track
-from xnemo_pack.xnemo_core.pure.errors import NoFaceError
+from xnemo_pack.xnemo_core.pure.errors import NoFaceError, XNeMoError
 
 BACKGROUND = 0.2  # grey used for padded canvases
 
@@ -287,3 +289,24 @@ def test_registry_and_argument_checks():
         face_track.track_face(torch.zeros(1, 8, 8, 3), missing="skip")
     with pytest.raises(ValueError, match="face index mode"):
         face_track.track_face(torch.zeros(1, 8, 8, 3), index_mode="smallest")
+
+
+def test_without_opencv_blazeface_and_the_preview_work_and_haar_says_what_to_do(monkeypatch):
+    """The pack requires no OpenCV distribution: only the Haar detector needs one, and says so when there is none."""
+    monkeypatch.setitem(sys.modules, "cv2", None)  # `import cv2` now raises ImportError
+    with pytest.raises(XNeMoError, match=r"detector 'haar' needs OpenCV, which ComfyUI's Python cannot import .*"
+                                         r"Use detector 'blazeface' \(the default, no OpenCV needed\), or install one "
+                                         r"OpenCV 4\.x build"):
+        face_track.get_detector("haar")
+    assert isinstance(face_track.get_detector(), face_track.BlazeFaceFaceDetector)
+    frames = torch.full((1, 64, 64, 3), 0.5)
+    track = face_track.FaceTrack(boxes=torch.tensor([[10.0, 10.0, 40.0, 40.0]]), found=torch.tensor([False]))
+    out = face_track.draw_track(frames, track)
+    assert out[0, 25, 10, 0] > 0.95 and out[0, 63, 30, 0] > 0.95  # filled-in box and border, drawn without cv2
+    assert float((out[0, :20, :40, 0] > 0.95).float().sum()) > 20  # the "no face" label
+
+
+def test_opencv_builds_other_than_4x_are_refused(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cv2", types.SimpleNamespace(__version__="3.4.2"))
+    with pytest.raises(XNeMoError, match=r"needs an OpenCV 4\.x build with its Haar cascade files .* 3\.4\.2"):
+        face_track.get_detector("haar")

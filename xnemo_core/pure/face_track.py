@@ -1,8 +1,10 @@
 """Face detection and tracking over a clip: detectors, face choice (face_index), missing-face policies, the preview.
 
 Two detectors: MediaPipe's BlazeFace short-range model (blazeface.py), the one the official X-NeMo crops were made
-with and the default, and OpenCV's Haar cascades. Pure room: numpy, torch and OpenCV only. Boxes are (x0, y0, x1, y1)
-in source pixels, frames are ComfyUI IMAGE tensors ([F, H, W, 3] float in 0..1).
+with and the default, and OpenCV's Haar cascades. Pure room: numpy, torch, Pillow, and OpenCV for Haar only: the pack
+requires no OpenCV distribution (opencv-python, -headless and -contrib all provide `cv2`, and two of them installed
+side by side break it), so `cv2` is imported when a Haar detector is built and any 4.x build works. Boxes are
+(x0, y0, x1, y1) in source pixels, frames are ComfyUI IMAGE tensors ([F, H, W, 3] float in 0..1).
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
-import cv2
 import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFont
 
 from . import blazeface
-from .errors import NoFaceError
+from .errors import NoFaceError, XNeMoError
 
 logger = logging.getLogger("xnemo")
 
@@ -40,8 +42,26 @@ class FaceDetector(Protocol):
     def detect(self, image_rgb_u8: np.ndarray) -> list[Detection]: ...
 
 
+def opencv():
+    """The `cv2` module of whichever OpenCV 4.x build is installed; a clear message when there is none."""
+    try:
+        import cv2
+    except ImportError as err:
+        raise XNeMoError(
+            f"detector 'haar' needs OpenCV, which ComfyUI's Python cannot import ({err}). Use detector 'blazeface' "
+            "(the default, no OpenCV needed), or install one OpenCV 4.x build into ComfyUI's Python, e.g. "
+            "`pip install opencv-python-headless`; if an OpenCV package (opencv-python, opencv-contrib-python, "
+            "...) is already listed by `pip list`, repair that one instead of adding a second") from None
+    major = str(getattr(cv2, "__version__", "0")).split(".")[0]
+    if major != "4" or not hasattr(cv2, "CascadeClassifier") or not hasattr(cv2, "data"):
+        raise XNeMoError(f"detector 'haar' needs an OpenCV 4.x build with its Haar cascade files (cv2.data); the "
+                         f"installed cv2 is {getattr(cv2, '__version__', 'of unknown version')} without them. Use "
+                         "detector 'blazeface', or install opencv-python-headless 4.x (replacing that cv2)")
+    return cv2
+
+
 class HaarFaceDetector:
-    """OpenCV's Haar cascades (shipped with opencv-python): frontal, then both profiles when the frontal finds nothing.
+    """OpenCV's Haar cascades (any OpenCV 4.x build): frontal, then both profiles when the frontal finds nothing.
 
     Replaces the official MediaPipe BlazeFace so the pack needs no mediapipe. Detection runs on a downscaled, histogram
     equalised grayscale image. A cascade only tries sizes a `scale_factor` step apart, so one pass puts a box's size
@@ -71,6 +91,7 @@ class HaarFaceDetector:
 
     def _run(self, image: np.ndarray, scale: float, min_side: float, max_side: float | None) -> list[Detection]:
         """Detect faces between min_side and max_side source pixels, working at `scale` (and the in-between scales)."""
+        cv2 = opencv()
         gray = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
         found: list[Detection] = []
         for k in range(self.passes):
@@ -82,6 +103,7 @@ class HaarFaceDetector:
         return _merge_passes(found)
 
     def _pass(self, cascade, gray, scale, min_side, max_side, mirrored=False) -> list[Detection]:
+        cv2 = opencv()
         if scale < 1.0:
             size = (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale)))
             work = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
@@ -121,11 +143,13 @@ def _iou(a: Sequence[float], b: Sequence[float]) -> float:
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
-def _load_cascade(name: str) -> cv2.CascadeClassifier:
+def _load_cascade(name: str):
+    cv2 = opencv()
     path = cv2.data.haarcascades + name
     cascade = cv2.CascadeClassifier(path)
     if cascade.empty():
-        raise RuntimeError(f"could not load the OpenCV Haar cascade {path}; reinstall opencv-python (4.x)")
+        raise XNeMoError(f"could not load the OpenCV Haar cascade {path}; reinstall the OpenCV package that provides "
+                         "cv2 (4.x), or use detector 'blazeface'")
     return cascade
 
 
@@ -399,21 +423,32 @@ def _ranges(indices: np.ndarray, limit: int = 8) -> str:
     return text + (f", ... ({len(runs) - limit} more runs)" if len(runs) > limit else "")
 
 
+def _rectangle(image: np.ndarray, x0: int, y0: int, x1: int, y1: int, color, thick: int) -> None:
+    """Outline of the box with corners (x0, y0) and (x1, y1), lines `thick` px wide centred on the edges; clipped."""
+    h, w = image.shape[:2]
+    lo, hi = thick // 2, thick - thick // 2
+    for ya, yb, xa, xb in ((y0 - lo, y0 + hi, x0 - lo, x1 + hi), (y1 - lo, y1 + hi, x0 - lo, x1 + hi),
+                           (y0 - lo, y1 + hi, x0 - lo, x0 + hi), (y0 - lo, y1 + hi, x1 - lo, x1 + hi)):
+        image[max(ya, 0):min(yb, h), max(xa, 0):min(xb, w)] = color
+
+
 def draw_track(frames: torch.Tensor, track: FaceTrack, crop_boxes: torch.Tensor | None = None) -> torch.Tensor:
     """Preview: face box in green (red where filled in, with a red frame border), crop box in cyan."""
     out = np.empty(tuple(frames.shape[:3]) + (3,), dtype=np.uint8)
     thick = max(1, round(max(frames.shape[1:3]) / 256))
+    font = ImageFont.load_default(size=12 * thick)
     for i in range(frames.shape[0]):
         image = np.ascontiguousarray(_to_u8(frames[i])[..., :3])
         hit = bool(track.found[i])
         if crop_boxes is not None:
             x0, y0, x1, y1 = (int(v) for v in crop_boxes[i].tolist())
-            cv2.rectangle(image, (x0, y0), (x1 - 1, y1 - 1), (0, 200, 255), thick)
+            _rectangle(image, x0, y0, x1 - 1, y1 - 1, (0, 200, 255), thick)
         x0, y0, x1, y1 = (int(round(v)) for v in track.boxes[i].tolist())
-        cv2.rectangle(image, (x0, y0), (x1, y1), (0, 230, 0) if hit else (255, 40, 40), thick)
+        _rectangle(image, x0, y0, x1, y1, (0, 230, 0) if hit else (255, 40, 40), thick)
         if not hit:
-            cv2.rectangle(image, (0, 0), (image.shape[1] - 1, image.shape[0] - 1), (255, 40, 40), 2 * thick)
-            cv2.putText(image, "no face", (4 * thick, 14 * thick), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * thick,
-                        (255, 40, 40), thick)
+            _rectangle(image, 0, 0, image.shape[1] - 1, image.shape[0] - 1, (255, 40, 40), 2 * thick)
+            canvas = Image.fromarray(image)
+            ImageDraw.Draw(canvas).text((4 * thick, 3 * thick), "no face", fill=(255, 40, 40), font=font)
+            image = np.asarray(canvas)
         out[i] = image
     return torch.from_numpy(out).float() / 255
