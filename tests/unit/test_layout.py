@@ -83,3 +83,15 @@ def test_module_map_and_architecture_name_every_room():
         assert f"`{room_name(path).replace('.', '/')}" in architecture, f"docs/architecture.md misses {room_name(path)}"
     for folder in ("pure", "adapters"):
         assert (ENGINE / folder / "__init__.py").is_file()
+
+
+def test_unit_tests_need_torch_only():
+    """tests/unit runs without ComfyUI: it imports pure rooms only (adapters, pipeline and nodes live in tests/comfy)."""
+    for path in sorted((ROOT / "tests" / "unit").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert name.split(".")[0] not in COMFY_MODULES, f"{path.name} imports {name}"
+                assert not name.startswith(("xnemo_pack.xnemo_core.adapters", "xnemo_pack.xnemo_core.pipeline",
+                                            "xnemo_pack.nodes")), f"{path.name} imports {name}"

@@ -1,4 +1,4 @@
-"""Issue 8, hardening, the cases a server graph cannot build: grayscale and empty IMAGE batches, a clip longer than
+"""Node inputs in-process, the cases a server graph cannot build: grayscale and empty IMAGE batches, a clip longer than
 any cap, exact face boxes with several faces, and no socket opened by the whole node pipeline.
 
 The nodes are called in-process on the real comfy package, with the tiny fixture weights (and the tiny random CLIP
