@@ -9,7 +9,10 @@ What it does:
 2. starts ComfyUI with the pack through `comfy_harness` (the same launcher the server tests use);
 3. uploads the reference portrait and the driving video (trimmed to --frames), loads the API workflow
    `example_workflows/api/xnemo_portrait_animation.json`, puts the file names in, queues it and waits;
-4. copies the resulting video into demo_output/ and prints where it is.
+4. copies the resulting video into demo_output/ and prints where it is;
+5. next to it, what is real even on tiny random weights: the face-track preview as a video
+   (`xnemo_demo_track_preview.mp4`, the driving frames with the face box and the crop box) and one contact sheet
+   (`xnemo_demo_contact_sheet.png`: the reference crop, a few driving frames with their boxes, the output frames).
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ WEIGHT_EXTENSIONS = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".gif", ".webp", ".avi")
 TINY_LABEL = "TINY RANDOM WEIGHTS: the output is noise, this only proves the pipeline runs"
 TINY_DEFAULTS = {"frames": 16, "steps": 4, "size": 256}
+SHOWCASE = {"track_video": "9002", "reference": "9003", "track": "9004", "output": "9005"}  # added output nodes
+SHEET_FRAMES = 4
+SHEET_HEIGHT = 192
 
 
 class DemoError(RuntimeError):
@@ -207,8 +213,90 @@ def prepare_prompt(prompt: dict, reference: str, driving: str, weights: dict[str
     return prompt
 
 
+def add_showcase_outputs(prompt: dict) -> dict:
+    """Outputs that show the real preprocessing beside the result (a copy of the prompt with nodes SHOWCASE adds):
+    Encode Motion's face-track preview as a video at the main video's fps, and previews of the reference crop, the
+    track and the output frames for the contact sheet."""
+    prompt = json.loads(json.dumps(prompt))
+    encode = _require(prompt, "XNeMoEncodeMotion")[0]
+    reference = _require(prompt, "XNeMoReferenceCondition")[0]
+    create = _require(prompt, "CreateVideo")[0]
+    prompt["9001"] = {"class_type": "CreateVideo", "inputs": {"images": [encode, 1],
+                                                             "fps": prompt[create]["inputs"]["fps"]}}
+    prompt[SHOWCASE["track_video"]] = {"class_type": "SaveVideo", "inputs": {
+        "video": ["9001", 0], "filename_prefix": "xnemo_demo/track_preview", "format": "mp4", "codec": "h264"}}
+    prompt[SHOWCASE["reference"]] = {"class_type": "PreviewImage", "inputs": {"images": [reference, 4]}}
+    prompt[SHOWCASE["track"]] = {"class_type": "PreviewImage", "inputs": {"images": [encode, 1]}}
+    output_frames = prompt[create]["inputs"]["images"]
+    prompt[SHOWCASE["output"]] = {"class_type": "PreviewImage", "inputs": {"images": output_frames}}
+    return prompt
+
+
+def make_contact_sheet(reference_crop, track: list, output: list, tiny: bool):
+    """One picture: the reference crop, a few driving frames with their face (green) and crop (cyan) boxes, and the
+    output frames at the same times. PIL images in, a PIL image out."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    count = min(SHEET_FRAMES, len(track), len(output))
+    picks = [round(i * (len(track) - 1) / max(count - 1, 1)) for i in range(count)]
+    picks_out = [round(i * (len(output) - 1) / max(count - 1, 1)) for i in range(count)]
+
+    def thumb(image):
+        return image.convert("RGB").resize((max(1, round(image.width * SHEET_HEIGHT / image.height)), SHEET_HEIGHT),
+                                           Image.LANCZOS)
+
+    rows = [
+        ("reference crop: what X-NeMo animates", [thumb(reference_crop)]),
+        ("driving frames: face box (green; red where filled in), crop box (cyan)", [thumb(track[i]) for i in picks]),
+        ("output frames" + (": TINY RANDOM WEIGHTS, noise by design" if tiny else ""),
+         [thumb(output[i]) for i in picks_out]),
+    ]
+    font = ImageFont.load_default(size=16)
+    pad, label = 8, 24
+    width = pad + max(sum(t.width + pad for t in thumbs) for _, thumbs in rows)
+    sheet = Image.new("RGB", (width, pad + len(rows) * (label + SHEET_HEIGHT + pad)), (24, 24, 28))
+    draw = ImageDraw.Draw(sheet)
+    y = pad
+    for text, thumbs in rows:
+        draw.text((pad, y + 2), text, fill=(235, 235, 235), font=font)
+        x = pad
+        for image in thumbs:
+            sheet.paste(image, (x, y + label))
+            x += image.width + pad
+        y += label + SHEET_HEIGHT + pad
+    return sheet
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Main
+
+
+def write_showcase(client, files: list[dict], output_dir: Path, tiny: bool) -> list[Path]:
+    """The face-track preview video and the contact sheet, from the SHOWCASE outputs of the finished prompt."""
+    import io
+
+    from PIL import Image
+
+    def fetch(item):
+        return client.view(item["filename"], item.get("subfolder", ""), item.get("type", "output"))
+
+    by_node: dict[str, list[dict]] = {}
+    for item in files:
+        by_node.setdefault(item["node"], []).append(item)
+    missing = [role for role, node in SHOWCASE.items() if not by_node.get(node)]
+    if missing:
+        raise DemoError(f"the workflow finished but did not report the {', '.join(missing)} output(s)")
+    track_video = by_node[SHOWCASE["track_video"]][0]
+    video = output_dir / f"xnemo_demo_track_preview{Path(track_video['filename']).suffix}"
+    video.write_bytes(fetch(track_video))
+
+    def pictures(role):
+        return [Image.open(io.BytesIO(fetch(item))) for item in by_node[SHOWCASE[role]]]
+
+    sheet = make_contact_sheet(pictures("reference")[0], pictures("track"), pictures("output"), tiny)
+    sheet_path = output_dir / "xnemo_demo_contact_sheet.png"
+    sheet.save(sheet_path, optimize=True)
+    return [video, sheet_path]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -284,19 +372,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"Starting ComfyUI ({comfy_dir}) on the {'CPU' if cpu else 'GPU'} ...")
         server = comfy_harness.start_server(work, comfy_dir=comfy_dir, cpu=cpu)
         client = server.client(timeout=120)
-        prompt = prepare_prompt(
+        prompt = add_showcase_outputs(prepare_prompt(
             workflow,
             reference=client.upload_image(reference),
             driving=client.upload_image(driving),
             weights=weights, steps=steps, size=size, seed=args.seed,
-        )
+        ))
         print(f"Running {args.workflow.name} ({'tiny random weights' if tiny else 'official weights'}, "
               f"{frames or 'all'} driving frames) ...")
         started = time.monotonic()
         entry = client.run(prompt, timeout=args.timeout)
         print(f"Workflow finished in {time.monotonic() - started:.1f}s.")
 
-        videos = [f for f in client.output_files(entry) if f["filename"].lower().endswith(VIDEO_EXTENSIONS)]
+        files = client.output_files(entry)
+        videos = [f for f in files if f["filename"].lower().endswith(VIDEO_EXTENSIONS)
+                  and f["node"] not in SHOWCASE.values()]
         if not videos:
             raise DemoError(f"the workflow finished but reported no video output: {entry.get('outputs')}")
         written = []
@@ -306,6 +396,7 @@ def run(args: argparse.Namespace) -> int:
             target = output_dir / f"{name}{suffix}"
             target.write_bytes(client.view(item["filename"], item.get("subfolder", ""), item.get("type", "output")))
             written.append(target)
+        written += write_showcase(client, files, output_dir, tiny)
     finally:
         if server is not None:
             server.stop()
@@ -316,7 +407,7 @@ def run(args: argparse.Namespace) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
     for path in written:
-        print(f"Video written: {path}")
+        print(f"Written: {path}")
     if tiny:
         bar = "!" * (len(TINY_LABEL) + 8)
         print(f"\n{bar}\n!!! {TINY_LABEL} !!!\n{bar}\n"

@@ -27,3 +27,19 @@ def test_demo_writes_a_video_with_tiny_weights(tmp_path, media_dir):
     videos = sorted(out.glob("xnemo_demo_TINY_RANDOM_WEIGHTS.*"))
     assert videos and videos[0].stat().st_size > 0, details
     assert "TINY RANDOM WEIGHTS: the output is noise, this only proves the pipeline runs" in result.stdout
+
+    # What is real even on tiny weights: the face-track preview video and the contact sheet.
+    import av
+    import numpy as np
+    from PIL import Image
+
+    preview = out / "xnemo_demo_track_preview.mp4"
+    assert preview.is_file(), details
+    with av.open(str(preview)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 8
+    with Image.open(out / "xnemo_demo_contact_sheet.png") as sheet:
+        pixels = np.asarray(sheet.convert("RGB")).astype(int)
+    assert pixels.shape[0] == 8 + 3 * (24 + 192 + 8), pixels.shape  # three rows: reference, driving, output
+    driving_row = pixels[8 + 24 + 192 + 8 + 24: 8 + 2 * (24 + 192 + 8)]
+    green = (driving_row[..., 1] > 170) & (driving_row[..., 0] < 90) & (driving_row[..., 2] < 90)
+    assert green.sum() > 50, "no face box drawn on the driving frames of the contact sheet"
