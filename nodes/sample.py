@@ -10,7 +10,7 @@ from comfy_api.latest import io
 from ..xnemo_core.adapters import sampling
 from ..xnemo_core.pure.windows import OFFSET_MODES
 from ..xnemo_core.pure.constants import (DEFAULT_CFG, DEFAULT_CONTEXT_LENGTH, DEFAULT_CONTEXT_OVERLAP, DEFAULT_STEPS,
-                                    TEMPORAL_MAX_FRAMES)
+                                    DRAFT_CFG, DRAFT_STEPS, TEMPORAL_MAX_FRAMES)
 from .checks import check_named
 from .types import CATEGORY
 
@@ -61,6 +61,14 @@ class XNeMoSampleAnimation(io.ComfyNode):
                 io.Combo.Input("offset_mode", options=list(OFFSET_MODES), default="seeded",
                                tooltip="seeded: window boundaries move every step (hides seams), reproducibly from the "
                                        "seed. none: fixed boundaries."),
+                io.Combo.Input("preset", options=list(sampling.PRESETS), default="custom", optional=True,
+                               tooltip="custom: the steps and cfg above. draft: NOT the official sampling, a quick "
+                                       f"preview: cfg {DRAFT_CFG:g} (the negative branch is skipped, half the UNet "
+                                       f"work) and at most {DRAFT_STEPS} steps."),
+                io.Boolean.Input("compile", default=False, optional=True,
+                                 tooltip="torch.compile the UNet for this run (inductor). The first run compiles "
+                                         "(minutes), later runs with the same sizes are faster; needs a working "
+                                         "compiler toolchain. Off: no compilation."),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="Sampled frames; decode with VAE Decode.")],
             is_experimental=True,
@@ -69,9 +77,11 @@ class XNeMoSampleAnimation(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, steps: int | None = None, denoise: float | None = None, scheduler: str | None = None,
                         sampler_name: str | None = None, offset_mode: str | None = None,
-                        context_length: int | None = None, context_overlap: int | None = None) -> bool | str:
+                        context_length: int | None = None, context_overlap: int | None = None,
+                        preset: str | None = None) -> bool | str:
         # Named inputs only (checked together); ComfyUI's own min/max checks stay on for seed, cfg and the rest.
-        checked = check_named(cls, scheduler=scheduler, sampler_name=sampler_name, offset_mode=offset_mode)
+        checked = check_named(cls, scheduler=scheduler, sampler_name=sampler_name, offset_mode=offset_mode,
+                              preset=preset)
         if checked is not True:
             return checked
         if context_length is not None and context_overlap is not None and context_overlap >= context_length:
@@ -92,12 +102,15 @@ class XNeMoSampleAnimation(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, latent: dict, seed: int, steps: int, cfg: float, sampler_name: str,
                 scheduler: str, denoise: float, context_length: int, context_overlap: int, closed_loop: bool,
-                offset_mode: str) -> io.NodeOutput:
+                offset_mode: str, preset: str = "custom", compile: bool = False) -> io.NodeOutput:
         samples: torch.Tensor = latent["samples"]
-        settings = sampling.SampleSettings(seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name,
-                                           scheduler=scheduler, denoise=denoise, context_length=context_length,
-                                           context_overlap=context_overlap, closed_loop=closed_loop,
-                                           offset_mode=offset_mode)
+        settings = sampling.apply_preset(sampling.SampleSettings(seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name,
+                                                                 scheduler=scheduler, denoise=denoise,
+                                                                 context_length=context_length,
+                                                                 context_overlap=context_overlap,
+                                                                 closed_loop=closed_loop, offset_mode=offset_mode,
+                                                                 compile=compile), preset)
+        steps = settings.steps
         frames = samples.shape[0]
         settings.validate(frames)
         total = sampling.total_windows(frames, settings)

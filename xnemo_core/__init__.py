@@ -23,7 +23,8 @@ adapters/ (ComfyUI side: may import pure/ and comfy, never pipeline or nodes)
     checkpoint      the four official files: safe reading, identification, key mapping
     model           build the denoising MODEL and the XNEMO bundle as ComfyUI models
     unet_patch      sites injected into ComfyUI's UNet, conditioning routing, X-NeMo schedule
-    reference_bank  the reference bank: class, block key, writer (ReferenceNet pass) and reader (attn1 patch)
+    reference_bank  the reference bank: class, block key, writer (ReferenceNet pass), reader (attn1 patch + attention
+                    override: reference keys/values projected once, CPU SDPA)
     sampling        official DDIM on ComfyUI samplers, start latent, windowed CFG
 
 pipeline        (top: may import pure/ and adapters/) Encode Motion and Reference Condition: face tracking, motion

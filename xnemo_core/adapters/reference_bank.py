@@ -10,8 +10,13 @@ conditional row is ever read (the unconditional branch does plain self-attention
 
 from __future__ import annotations
 
+import weakref
+from dataclasses import dataclass
+
 import comfy.model_management as mm
 import torch
+from comfy.cli_args import args as comfy_args
+from comfy.ldm.modules import attention
 
 from ..pure.constants import PATCH_KEY
 from ..pure.errors import IncompatibleModelError
@@ -28,14 +33,37 @@ class ReferenceBank:
     `blocks` maps ComfyUI's (block kind, block id, depth index) to a [1, H*W, C] tensor. Kept in float16 like the
     official reader (ReferenceAttentionControl.update casts the bank to fp16); no `__eq__`, so two conditionings carry
     "the same bank" only when they hold the same object (CONDConstant batching).
+
+    What the reader derives from an entry is cached here: the entry in the compute dtype/device, and its attn1
+    keys/values (`to_k`/`to_v` of the reading block), so they are made once per bank and weights, not once per row,
+    window and step.
     """
 
     def __init__(self, blocks: dict[tuple, torch.Tensor], latent_hw: tuple[int, int]):
         self.blocks = blocks
         self.latent_hw = latent_hw
+        self._cast: dict[tuple, torch.Tensor] = {}
+        self._projected: dict[tuple, tuple[tuple, torch.Tensor, torch.Tensor]] = {}
 
     def get(self, key: tuple, device, dtype) -> torch.Tensor:
-        return self.blocks[key].to(device=device, dtype=dtype)
+        tag = (key, torch.device(device), dtype)
+        if tag not in self._cast:
+            self._cast[tag] = self.blocks[key].to(device=device, dtype=dtype)
+        return self._cast[tag]
+
+    def projected(self, key: tuple, attn: torch.nn.Module, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """attn1's keys and values of this block's bank entry, [1, H*W, inner]. Recomputed when the projection
+        weights change (another LoRA, another device, a weight function added by a patch)."""
+        version = tuple((id(lin.weight), lin.weight.data_ptr(), lin.weight._version,
+                         tuple(id(f) for f in getattr(lin, "weight_function", ())))
+                        for lin in (attn.to_k, attn.to_v))
+        tag = (id(attn), version, torch.device(device), dtype)
+        cached = self._projected.get(key)
+        if cached is None or cached[0] != tag:
+            ref = self.get(key, device, dtype)
+            cached = (tag, attn.to_k(ref), attn.to_v(ref))
+            self._projected[key] = cached
+        return cached[1], cached[2]
 
 
 class BankWriter:
@@ -74,34 +102,133 @@ def compute_reference_bank(reference_patcher, latent: torch.Tensor, clip_embed: 
     return ReferenceBank(stored, (latent.shape[-2], latent.shape[-1]))
 
 
-class ReferenceAttentionPatch:
-    """attn1_patch: keys/values = [own tokens ; reference tokens] for rows that use the reference.
+# ---------------------------------------------------------------------------------------------------------------
+# Reader
+# ---------------------------------------------------------------------------------------------------------------
 
-    Rows that don't (the unconditional branch) get [own ; own], which is exactly plain self-attention (every key
-    twice, softmax weights halve) while keeping the batch one tensor.
+_ATTN1_MODULES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def attn1_modules(unet: torch.nn.Module) -> dict[tuple, torch.nn.Module]:
+    """block_key -> that transformer block's attn1, for a ComfyUI UNetModel (cached per UNet)."""
+    found = _ATTN1_MODULES.get(unet)
+    if found is None:
+        found = {}
+        groups = [("input", i, b) for i, b in enumerate(unet.input_blocks)]
+        groups += [("middle", 0, unet.middle_block)]
+        groups += [("output", i, b) for i, b in enumerate(unet.output_blocks)]
+        for kind, block_id, block in groups:
+            for layer in block:
+                for depth, transformer in enumerate(getattr(layer, "transformer_blocks", ())):
+                    if hasattr(transformer, "attn1"):
+                        found[(kind, block_id, depth)] = transformer.attn1
+        _ATTN1_MODULES[unet] = found
+    return found
+
+
+@dataclass
+class ReferenceRead:
+    """What the attn1 patch hands to the attention call right after it: which block reads which bank entry."""
+
+    key: tuple
+    attn: torch.nn.Module
+    tokens: int                       # query tokens of this block (a check that the call is this block's attn1)
+
+
+class ReferenceAttentionPatch:
+    """attn1_patch of the denoising UNet: the reference read (official ReferenceAttentionControl "read" mode).
+
+    Official: rows that use the reference attend to [own tokens ; reference tokens], the unconditional rows do plain
+    self-attention. Here the patch leaves n and the keys/values as it gets them (so what other packs' attn1 patches did
+    to them is kept) and marks the block; the attention call that follows (`ReferenceAttention`, ComfyUI's
+    optimized_attention_override) appends the reference keys/values, projected once per bank, to the rows that read
+    it, and runs the other rows on their own keys only.
+
+    When the model has an attn1 *replace* patch (which bypasses the attention override), the reference tokens are
+    appended to the keys/values here instead, and rows that don't read get their own tokens twice (the same softmax).
     """
 
     def __call__(self, n, context_attn1, value_attn1, extra_options):
         state = extra_options.get(PATCH_KEY)  # unet_patch.CallState
-        if state is None or state.bank is None or not bool(state.use_reference.any()):
+        if state is None or state.bank is None or not state.reads_reference:
             return n, context_attn1, value_attn1
         key = block_key(extra_options)
         if key not in state.bank.blocks:
             return n, context_attn1, value_attn1
-        ref = state.bank.get(key, n.device, n.dtype)
-        if ref.shape[1:] != n.shape[1:]:
+        entry = state.bank.blocks[key]
+        if entry.shape[1:] != n.shape[1:]:
             raise IncompatibleModelError(
                 f"the reference was encoded for a {state.bank.latent_hw[1] * 8}x{state.bank.latent_hw[0] * 8} image but "
                 f"the latent being sampled has another size: use the LATENT from X-NeMo Reference Condition, or set "
                 f"its width/height to the size you sample at"
             )
+        attn = None if state.unet is None else attn1_modules(state.unet).get(key)
+        if attn is not None and not state.replace_patched:
+            state.pending = ReferenceRead(key, attn, n.shape[1])
+            return n, context_attn1, value_attn1
+        ref = state.bank.get(key, n.device, n.dtype)
         flags = state.use_reference.to(n.device).view(-1, 1, 1)
-        extra = torch.where(flags, ref.expand_as(n), n)
-        kv = torch.cat([n, extra], dim=1)
-        return n, kv, kv
+        keys = context_attn1 if context_attn1 is not None else n
+        values = value_attn1 if value_attn1 is not None else keys
+        if keys.shape[1:] != ref.shape[1:] or values.shape[1:] != ref.shape[1:]:
+            raise IncompatibleModelError("another attn1 patch changed the self-attention keys of an X-NeMo block while "
+                                         "an attn1 replace patch is active: remove one of the two patches")
+        return (n, torch.cat([keys, torch.where(flags, ref.expand_as(keys), keys)], dim=1),
+                torch.cat([values, torch.where(flags, ref.expand_as(values), values)], dim=1))
 
     def to(self, device_or_dtype):
         return self
 
     def __deepcopy__(self, memo):
         return self
+
+
+def _default_cpu_attention(func):
+    """SDPA instead of ComfyUI's CPU fallback. ComfyUI runs attention on the CPU with its memory-saving sub-quadratic
+    kernel unless told otherwise; for the UNet's attn1/attn2 at X-NeMo's sizes that is about 2x slower than torch's
+    SDPA (whose CPU kernel is blocked flash attention, so no larger). An explicit --use-quad/split-cross-attention
+    is kept."""
+    if getattr(attention, "attention_sub_quad", None) is None:
+        return func
+    if getattr(func, "__name__", "") != "attention_sub_quad":
+        return func
+    if comfy_args.use_quad_cross_attention or comfy_args.use_split_cross_attention:
+        return func
+    return attention.attention_pytorch
+
+
+class ReferenceAttention:
+    """ComfyUI `optimized_attention_override` installed for every denoising-UNet call (see unet_patch): the reference
+    read of `ReferenceAttentionPatch` and, on the CPU, SDPA for ComfyUI's own default. An override another pack set
+    before keeps running: it is called with the attention function this one chose."""
+
+    def __init__(self, previous=None):
+        self.previous = previous
+
+    def _attend(self, func, q, k, v, heads, *args, **kwargs):
+        if self.previous is not None:
+            return self.previous(func, q, k, v, heads, *args, **kwargs)
+        return func(q, k, v, heads, *args, **kwargs)
+
+    def __call__(self, func, q, k, v, heads, *args, **kwargs):
+        if q.device.type == "cpu":
+            func = _default_cpu_attention(func)
+        state = (kwargs.get("transformer_options") or {}).get(PATCH_KEY)
+        read = getattr(state, "pending", None)
+        if read is None:
+            return self._attend(func, q, k, v, heads, *args, **kwargs)
+        state.pending = None
+        if q.shape[1] != read.tokens or args or kwargs.get("mask") is not None or kwargs.get("skip_reshape"):
+            raise IncompatibleModelError("an X-NeMo block's self-attention was called in an unexpected form (mask or "
+                                         "pre-shaped heads): another custom node patches attn1 in a way X-NeMo's "
+                                         "reference read does not support; disable it for X-NeMo models")
+        k_ref, v_ref = state.bank.projected(read.key, read.attn, q.device, q.dtype)
+        outs = []
+        for start, stop, reads in state.segments:
+            qs, ks, vs = q[start:stop], k[start:stop], v[start:stop]
+            if reads:
+                rows = stop - start
+                ks = torch.cat([ks, k_ref.expand(rows, -1, -1)], dim=1)
+                vs = torch.cat([vs, v_ref.expand(rows, -1, -1)], dim=1)
+            outs.append(self._attend(func, qs, ks, vs, heads, *args, **kwargs))
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)

@@ -15,6 +15,7 @@ Motion tokens and the reference bank arrive ready-made in the conditioning: noth
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -25,8 +26,9 @@ import comfy.samplers
 import torch
 import torch.nn.functional as F
 
-from ..pure.constants import (DEFAULT_CFG, DEFAULT_CONTEXT_LENGTH, DEFAULT_CONTEXT_OVERLAP, DEFAULT_STEPS,
-                              INIT_BLUR_KERNEL, INIT_BLUR_SIGMA, NUM_TRAIN_TIMESTEPS, TEMPORAL_MAX_FRAMES)
+from ..pure.constants import (DEFAULT_CFG, DEFAULT_CONTEXT_LENGTH, DEFAULT_CONTEXT_OVERLAP, DEFAULT_STEPS, DRAFT_CFG,
+                              DRAFT_STEPS, INIT_BLUR_KERNEL, INIT_BLUR_SIGMA, NUM_TRAIN_TIMESTEPS,
+                              TEMPORAL_MAX_FRAMES)
 from ..pure.errors import IncompatibleModelError, XNeMoError
 from ..pure.windows import context_windows, frames_per_call, window_offsets, windows_per_step
 from .unet_patch import KEY, MOTION_COND, is_xnemo_model
@@ -186,6 +188,7 @@ class SampleSettings:
     context_overlap: int = DEFAULT_CONTEXT_OVERLAP
     closed_loop: bool = True
     offset_mode: str = "seeded"
+    compile: bool = False   # torch.compile the UNet for this run (ComfyUI's TorchCompileModel path, inductor)
 
     def validate(self, frames: int, max_window: int = TEMPORAL_MAX_FRAMES) -> None:
         if not 0 <= self.seed <= MAX_SEED:
@@ -234,6 +237,19 @@ def check_conditioning_frames(positive, negative, frames: int) -> None:
                 )
 
 
+PRESETS = ("custom", "draft")
+
+
+def apply_preset(settings: SampleSettings, preset: str) -> SampleSettings:
+    """"custom": the settings as given. "draft": a NOT official preview: cfg 1 (ComfyUI then skips the unconditional
+    rows, half the UNet work) and at most DRAFT_STEPS steps; motion, reference, windows and seed unchanged."""
+    if preset == "custom":
+        return settings
+    if preset != "draft":
+        raise XNeMoError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    return dataclasses.replace(settings, cfg=DRAFT_CFG, steps=min(settings.steps, DRAFT_STEPS))
+
+
 def run_offsets(s: SampleSettings) -> list[int]:
     """The window offset of every step of a run with these settings."""
     return window_offsets(s.seed, s.steps, s.context_length, s.offset_mode)
@@ -263,6 +279,10 @@ def sample_animation(model, positive, negative, latent_image: torch.Tensor, sett
                       offsets=offsets if offsets is not None else run_offsets(settings), on_window=on_window)
     model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, KEY, plan.calc_cond_batch)
     model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING, KEY, plan.prepare_sampling)
+    if settings.compile:
+        from comfy_api.torch_helpers import set_torch_compile_wrapper
+
+        set_torch_compile_wrapper(model, backend="inductor", keys=["diffusion_model"])
     sigmas = make_sigmas(model.get_model_object("model_sampling"), settings.scheduler, settings.steps, settings.denoise)
     sampler = comfy.samplers.sampler_object("euler" if settings.sampler_name == DEFAULT else settings.sampler_name)
     if noise is None:

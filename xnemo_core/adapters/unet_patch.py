@@ -7,15 +7,15 @@ What gets attached to a clone of the denoising MODEL, all under the key "xnemo":
 - a `forward_timestep_embed_patch` so the sites receive `transformer_options` (per-row motion tokens, frame count);
 - a DIFFUSION_MODEL wrapper that moves X-NeMo's conditioning (`xnemo_motion`, `xnemo_ref`, `xnemo_bank`, carried in
   CONDITIONING `model_conds`) from the model kwargs into `transformer_options["xnemo"]`;
-- an `attn1_patch` that appends the reference bank to attn1's keys/values for rows that use the reference and leaves
-  the others (the unconditional branch) as plain self-attention;
+- an `attn1_patch` and, per call, an `optimized_attention_override` (reference_bank) through which rows that use the
+  reference attend to [own keys ; reference keys] and the others (the unconditional branch) do plain self-attention;
 - the X-NeMo noise schedule (scaled-linear betas 0.00085..0.02, computed in float32 as the official DDIM) as a
   `model_sampling` object patch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import comfy.model_management
 import comfy.model_patcher
@@ -28,7 +28,7 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock, SpatialTran
 from ..pure.constants import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS, PATCH_KEY
 from ..pure.errors import IncompatibleModelError
 from ..pure.layers import XNeMoSite, sdpa_attention
-from .reference_bank import ReferenceAttentionPatch, ReferenceBank
+from .reference_bank import ReferenceAttention, ReferenceAttentionPatch, ReferenceBank
 
 KEY = PATCH_KEY
 MOTION_COND = "xnemo_motion"   # CONDRegular [F, 32, 16]: motion tokens per frame
@@ -49,12 +49,26 @@ class XNeMoModelSampling(comfy.model_sampling.ModelSamplingDiscrete, comfy.model
 
 @dataclass(kw_only=True)
 class CallState:
-    """What the sites and the attn1 patch need for one UNet call (rows aligned with x)."""
+    """What the sites and the reference read need for one UNet call (rows aligned with x)."""
 
     motion: torch.Tensor          # [rows, 32, 16]
     use_reference: torch.Tensor   # [rows] bool
     bank: ReferenceBank | None
     frames: int                   # frames per chunk (temporal attention runs over these)
+    unet: torch.nn.Module | None = None       # the UNetModel being run (finds each block's attn1)
+    replace_patched: bool = False             # an attn1 replace patch is active: read the bank the concatenating way
+    pending: object = None                    # reference_bank.ReferenceRead handed from the attn1 patch to attention
+    segments: list = field(default_factory=list)  # (start, stop, reads reference) runs of rows
+
+    def __post_init__(self):
+        flags = self.use_reference.tolist()
+        self.segments = []
+        for i, reads in enumerate(flags):
+            if self.segments and self.segments[-1][2] == reads:
+                self.segments[-1][1] = i + 1
+            else:
+                self.segments.append([i, i + 1, reads])
+        self.reads_reference = any(flags)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -140,7 +154,13 @@ def diffusion_model_wrapper(executor, x, timesteps, context, y, control, transfo
             )
         _check_window(frame_ids, transformer_options, rows // chunks)
         flags = torch.zeros(rows, dtype=torch.bool, device=x.device) if use_ref is None else use_ref.reshape(rows) > 0.5
-        transformer_options = {**transformer_options, KEY: CallState(motion=motion, use_reference=flags, bank=bank, frames=rows // chunks)}
+        replaced = bool(transformer_options.get("patches_replace", {}).get("attn1"))
+        state = CallState(motion=motion, use_reference=flags, bank=bank, frames=rows // chunks,
+                          unet=getattr(executor, "class_obj", None), replace_patched=replaced)
+        transformer_options = {**transformer_options, KEY: state}
+    previous = transformer_options.get("optimized_attention_override")
+    if not isinstance(previous, ReferenceAttention):
+        transformer_options = {**transformer_options, "optimized_attention_override": ReferenceAttention(previous)}
     return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
 
 

@@ -20,6 +20,9 @@ DEFAULT_CONTEXT_LENGTH = 24
 DEFAULT_CONTEXT_OVERLAP = 4
 DEFAULT_CROP_SCALE = 1.1       # driving / reference motion crop side over the face box
 DEFAULT_SMOOTHING_SIGMA = 5.0  # Gaussian sigma (frames) of the driving crop centre
+# "draft" preset of Sample Animation: NOT the official sampling, a quick preview (no unconditional rows, fewer steps)
+DRAFT_CFG = 1.0
+DRAFT_STEPS = 12
 
 BETA_START = 0.00085
 BETA_END = 0.02             # X-NeMo trains with a noisier schedule than SD1.5 (0.012)
