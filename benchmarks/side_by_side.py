@@ -298,11 +298,15 @@ def table(off: dict, ours: dict) -> list[str]:
 
 def orchestrate(args) -> None:
     configs = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")]
-    out_lines: list[str] = []
 
-    def say(line=""):
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+
+    def say(line=""):  # printed and appended as it comes, so a long run that is stopped keeps its finished rounds
         print(line, flush=True)
-        out_lines.append(line)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(line + "\n")
 
     with tempfile.TemporaryDirectory(prefix="xnemo_sbs_") as tmp:
         work = Path(tmp)
@@ -334,10 +338,7 @@ def orchestrate(args) -> None:
                     f"{'OK' if err <= tol else 'DIFFERENT'}")
                 say(f"throughput: pack {off['total'][0] / ours['total'][0]:.2f}x the official by wall clock, "
                     f"{off['total'][1] / ours['total'][1]:.2f}x by CPU time")
-        if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            with open(args.out, "a") as f:
-                f.write("\n".join(out_lines) + "\n\n")
+        say()
 
 
 def _git(path) -> str:
