@@ -188,8 +188,13 @@ def make_weights(args, off) -> None:
 # run
 # ---------------------------------------------------------------------------------------------------------------
 
+SYNC = []  # torch.cuda.synchronize when timing a GPU run
+
+
 def tic() -> tuple[float, float]:
     """(wall seconds, CPU seconds of this process), as side_by_side.py measures."""
+    for sync in SYNC:
+        sync()
     return time.perf_counter(), time.process_time()
 
 
@@ -224,7 +229,7 @@ class Timer:
         self.total, self.calls, self.log = [0.0, 0.0], 0, []
 
 
-def stub_vae(latent_mean: torch.Tensor):
+def stub_vae(latent_mean: torch.Tensor, device: torch.device, dtype: torch.dtype):
     from diffusers import AutoencoderKLTemporalDecoder
     from diffusers.configuration_utils import FrozenDict
 
@@ -235,36 +240,36 @@ def stub_vae(latent_mean: torch.Tensor):
         def __init__(self):
             torch.nn.Module.__init__(self)
             self._internal_dict = FrozenDict(block_out_channels=[128, 256, 512, 512], scaling_factor=LATENT_SCALE)
-            self.register_buffer("mean", latent_mean.clone())
+            self.register_buffer("mean", latent_mean.to(device=device, dtype=dtype))
 
         @property
         def dtype(self):
-            return torch.float32
+            return dtype
 
         @property
         def device(self):
-            return torch.device("cpu")
+            return device
 
         def encode(self, x, *args, **kwargs):
-            dist = types.SimpleNamespace(mean=self.mean.to(x.dtype))
+            dist = types.SimpleNamespace(mean=self.mean)
             return types.SimpleNamespace(latent_dist=dist)
 
     return StubVAE()
 
 
-def stub_image_encoder(clip_embed: torch.Tensor):
+def stub_image_encoder(clip_embed: torch.Tensor, device: torch.device, dtype: torch.dtype):
     class StubImageEncoder(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.register_buffer("embed", clip_embed.reshape(1, -1).clone())
+            self.register_buffer("embed", clip_embed.reshape(1, -1).to(device=device, dtype=dtype))
 
         @property
         def dtype(self):
-            return torch.float32
+            return dtype
 
         @property
         def device(self):  # DiffusionPipeline.device asks its modules in set order: any of them may be asked
-            return torch.device("cpu")
+            return device
 
         def forward(self, pixel_values, *args, **kwargs):
             return types.SimpleNamespace(image_embeds=self.embed)
@@ -278,6 +283,9 @@ def run(args, off) -> None:
     from safetensors.torch import load_file, save_file
 
     torch.set_num_threads(args.threads)
+    device, dtype = torch.device(args.device), {"fp32": torch.float32, "fp16": torch.float16}[args.dtype]
+    if device.type == "cuda":
+        SYNC.append(torch.cuda.synchronize)
     weights = Path(args.weights)
     config = read_config(weights)
     data = load_file(args.inputs)
@@ -292,11 +300,11 @@ def run(args, off) -> None:
     motion.load_state_dict(sd("xnemo_motion_encoder.pth"), strict=True)
     denoising.load_state_dict(sd("xnemo_temporal_module.pth"), strict=False)
     for m in (reference, denoising, motion):
-        m.to(torch.float32).eval()
+        m.to(device=device, dtype=dtype).eval()
 
     pm = off.pipeline_module
-    pipe = pm.Pose2VideoPipeline(vae=stub_vae(data["latent_mean"]),
-                                 image_encoder=stub_image_encoder(data["clip_embed"]),
+    pipe = pm.Pose2VideoPipeline(vae=stub_vae(data["latent_mean"], device, dtype),
+                                 image_encoder=stub_image_encoder(data["clip_embed"], device, dtype),
                                  reference_unet=reference, denoising_unet=denoising, motion_encoder=motion,
                                  scheduler=DDIMScheduler(**infer["noise_scheduler_kwargs"]))
     pipe.set_progress_bar_config(disable=True)
@@ -333,7 +341,7 @@ def run(args, off) -> None:
 
         def randn_like(t, *a, **k):
             if noise is not None and tuple(t.shape) == tuple(noise.shape):
-                return noise.clone()
+                return noise.to(device=t.device, dtype=t.dtype)
             return original_randn_like(t, *a, **k)
 
         pm.random, torch.randn_like = fake_random, randn_like
@@ -354,11 +362,14 @@ def run(args, off) -> None:
         bank_t[0] = [0.0, 0.0]
         load_before = os.getloadavg()[0]
         base = reset_peak()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         t0 = tic()
         video = call(args.frames, args.steps, data["noise"][:, :, :args.frames].contiguous(),
                      data["offsets"][:args.steps].tolist())
         total = toc(t0)
         peak = peak_bytes()
+        gpu_peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
 
     per_step: dict[int, list[float]] = {}
     windows: dict[int, int] = {}
@@ -377,9 +388,9 @@ def run(args, off) -> None:
         "total": total,
         "overhead": [total[i] - motion_t.total[i] - reference_total[i] - unet_t.total[i] for i in (0, 1)],
         "peak_rss_bytes": peak, "rss_before_run_bytes": base, "loadavg_before": load_before,
-        "loadavg_after": os.getloadavg()[0],
+        "loadavg_after": os.getloadavg()[0], "device": str(device), "dtype": args.dtype, "gpu_peak_bytes": gpu_peak,
     }
-    latents = torch.as_tensor(video)  # [1, 4, F, h, w], the final (scaled) latents
+    latents = torch.as_tensor(video).float()  # [1, 4, F, h, w], the final (scaled) latents
     save_file({"latents": latents.contiguous()}, args.latents_out)
     Path(args.report).write_text(json.dumps(report, indent=1))
     print(json.dumps(report))
@@ -406,6 +417,8 @@ def main(argv=None):
     r.add_argument("--guidance", type=float, default=2.5)
     r.add_argument("--context-frames", type=int, default=24)
     r.add_argument("--context-overlap", type=int, default=4)
+    r.add_argument("--device", default="cpu", help="cpu or cuda")
+    r.add_argument("--dtype", default="fp32", choices=["fp32", "fp16"])
     r.add_argument("--report", required=True)
     r.add_argument("--latents-out", required=True)
     args = p.parse_args(argv)

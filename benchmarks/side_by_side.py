@@ -97,14 +97,14 @@ def _reset_peak() -> int:
 # The pack's worker (runs in this repository's venv)
 # ---------------------------------------------------------------------------------------------------------------
 
-def _import_pack(pack_root: Path):
+def _import_pack(pack_root: Path, device: str = "cpu"):
     """ComfyUI in-process (--cpu without a GPU) and the pack as package `xnemo_pack`, as tests/conftest.py does."""
     comfy_dir = Path(os.environ.get("COMFYUI_DIR") or ROOT / ".comfyui").resolve()
     sys.path.insert(0, str(comfy_dir))
     import torch
     from comfy.cli_args import args
 
-    if not torch.cuda.is_available():
+    if device == "cpu" or not torch.cuda.is_available():
         args.cpu = True
     spec = importlib.util.spec_from_file_location("xnemo_pack", pack_root / "__init__.py",
                                                   submodule_search_locations=[str(pack_root)])
@@ -123,9 +123,14 @@ def _import_pack(pack_root: Path):
             room("adapters.unet_patch", "unet_patch"))
 
 
+SYNC = []  # torch.cuda.synchronize when timing a GPU run
+
+
 def tic() -> tuple[float, float]:
     """(wall seconds, CPU seconds of this process). CPU time is what to compare on shared cores: with 1 thread it is the
     work done, whatever other jobs took of the wall clock."""
+    for sync in SYNC:
+        sync()
     return time.perf_counter(), time.process_time()
 
 
@@ -160,14 +165,19 @@ def pack_worker(args) -> None:
     from safetensors.torch import load_file, save_file
 
     torch.set_num_threads(args.threads)
-    model_room, reference_room, sampling, conditioning, _ = _import_pack(Path(args.pack_root).resolve())
+    model_room, reference_room, sampling, conditioning, _ = _import_pack(Path(args.pack_root).resolve(), args.device)
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        SYNC.append(torch.cuda.synchronize)
     weights = Path(args.weights)
     files = model_room.XNeMoFiles(**{n: str(weights / f"xnemo_{n}.pth")
                                      for n in ("denoising_unet", "reference_unet", "motion_encoder", "temporal_module")})
-    model, xnemo = model_room.load_xnemo(files, "fp32")
+    model, xnemo = model_room.load_xnemo(files, args.dtype)
     data = load_file(args.inputs)
     unet_timer = HookTimer(model.model.diffusion_model)
     extra = json.loads(args.pack_options or "{}")
+    preset = extra.pop("preset", "custom")  # "draft": the pack's NOT official preview preset
+    steps_run = []
 
     def call(frames: int, steps: int, noise, offsets):
         times = {}
@@ -183,8 +193,11 @@ def pack_worker(args) -> None:
         t2 = tic()
         positive, negative = conditioning.xnemo_conditioning(data["clip_embed"], bank, tokens, ref_tokens)
         blurred = sampling.blurred_reference(data["ref_latent"], frames)
-        settings = sampling.SampleSettings(steps=steps, cfg=GUIDANCE, context_length=CONTEXT,
-                                           context_overlap=OVERLAP, closed_loop=True, **extra)
+        settings = sampling.SampleSettings(**{"steps": steps, "cfg": GUIDANCE, "context_length": CONTEXT,
+                                              "context_overlap": OVERLAP, "closed_loop": True, **extra})
+        if preset != "custom":
+            settings = sampling.apply_preset(settings, preset)
+        steps_run.append(settings.steps)
         latents = sampling.sample_animation(model, positive, negative, blurred / LATENT_SCALE, settings,
                                             noise=noise, offsets=offsets)
         times["sampling"] = toc(t2)
@@ -199,9 +212,13 @@ def pack_worker(args) -> None:
         unet_timer.log.clear()
         load_before = os.getloadavg()[0]
         base = _reset_peak()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
         noise = data["noise"][0, :, :args.frames].permute(1, 0, 2, 3).contiguous()  # official [1,C,F,h,w] -> [F,C,h,w]
         final, times = call(args.frames, args.steps, noise, data["offsets"][:args.steps].tolist())
+        extra["preset"] = preset
         peak = _status_kib("VmHWM") * 1024
+        gpu_peak = torch.cuda.max_memory_allocated() if cuda else None
 
     per_step, windows = {}, {}
     for t, dt in unet_timer.log:
@@ -209,16 +226,17 @@ def pack_worker(args) -> None:
         windows[t] = windows.get(t, 0) + 1
     unet_total = [sum(v[i] for v in per_step.values()) for i in (0, 1)]
     report = {
-        "side": "pack", "frames": args.frames, "steps": args.steps, "threads": torch.get_num_threads(),
+        "side": "pack", "frames": args.frames, "steps": steps_run[-1], "threads": torch.get_num_threads(),
         "torch": torch.__version__, "warmup": warmup, **times, "motion_calls": 2,
         "unet": unet_total, "unet_calls": len(unet_timer.log),
         "unet_per_step": [per_step[t] for t in sorted(per_step, reverse=True)],
         "windows_per_step": [windows[t] for t in sorted(windows, reverse=True)],
         "overhead": [times["total"][i] - times["motion"][i] - times["reference"][i] - unet_total[i] for i in (0, 1)],
         "peak_rss_bytes": peak, "rss_before_run_bytes": base, "loadavg_before": load_before,
-        "loadavg_after": os.getloadavg()[0], "options": extra,
+        "loadavg_after": os.getloadavg()[0], "options": extra, "device": args.device, "dtype": args.dtype,
+        "gpu_peak_bytes": gpu_peak,
     }
-    save_file({"latents": final.permute(1, 0, 2, 3).unsqueeze(0).contiguous()}, args.latents_out)
+    save_file({"latents": final.float().cpu().permute(1, 0, 2, 3).unsqueeze(0).contiguous()}, args.latents_out)
     Path(args.report).write_text(json.dumps(report, indent=1))
 
 
@@ -229,7 +247,8 @@ def pack_worker(args) -> None:
 def run_side(side: str, args, work: Path, frames: int, steps: int, tag: str) -> dict:
     report, latents = work / f"{tag}.json", work / f"{tag}.safetensors"
     common = ["--weights", str(args.weights), "--inputs", str(work / "inputs.safetensors"), "--frames", str(frames),
-              "--steps", str(steps), "--threads", str(args.threads), "--report", str(report),
+              "--steps", str(steps), "--threads", str(args.threads), "--device", args.device, "--dtype", args.dtype,
+              "--report", str(report),
               "--latents-out", str(latents)]
     if side == "official":
         cmd = [str(args.official_python), str(ROOT / "benchmarks" / "official_worker.py"),
@@ -260,7 +279,6 @@ def compare_latents(a: dict, b: dict) -> tuple[float, float]:
 def table(off: dict, ours: dict) -> list[str]:
     """Per stage: wall seconds (what a user waits on these shared cores) and CPU seconds (the work done: the
     contention-robust figure with 1 thread), official and pack, and pack / official for each."""
-    steps = off["steps"]
 
     def ratio(a, b):
         return f"{b / a:5.2f}x" if a else "  n/a"
@@ -269,8 +287,8 @@ def table(off: dict, ours: dict) -> list[str]:
         return (f"| {name:<36} | {a[0]:8.2f} | {b[0]:8.2f} | {ratio(a[0], b[0])} "
                 f"| {a[1]:8.2f} | {b[1]:8.2f} | {ratio(a[1], b[1])} |")
 
-    def per_step(x):
-        return [v / steps for v in x]
+    def per_step(x, side):
+        return [v / side["steps"] for v in x]
 
     def fastest(x):
         return [min(v[i] for v in x) for i in (0, 1)]
@@ -278,21 +296,23 @@ def table(off: dict, ours: dict) -> list[str]:
     def mem(name, a, b):
         return f"| {name:<36} | {a / GiB:8.2f} | {b / GiB:8.2f} | {ratio(a, b)} | | | |"
 
-    ours_step = per_step([ours["unet"][i] + ours["overhead"][i] for i in (0, 1)])
+    ours_step = per_step([ours["unet"][i] + ours["overhead"][i] for i in (0, 1)], ours)
     return [
         "| stage (seconds; memory GiB) | official wall | pack wall | pack/off | official CPU | pack CPU | pack/off |",
         "|---|---|---|---|---|---|---|",
         row(f"motion tokens ({off['motion_calls']} vs {ours['motion_calls']} encoder calls)", off["motion"],
             ours["motion"]),
         row("reference bank", off["reference"], ours["reference"]),
-        row("UNet per step (mean)", per_step(off["unet"]), per_step(ours["unet"])),
+        row("UNet per step (mean)", per_step(off["unet"], off), per_step(ours["unet"], ours)),
         row("UNet per step (fastest step)", fastest(off["unet_per_step"]), fastest(ours["unet_per_step"])),
-        row("denoising step (pack: UNet+overhead)", per_step(off["unet"]), ours_step),
+        row("denoising step (pack: UNet+overhead)", per_step(off["unet"], off), ours_step),
         row("sampling overhead (whole run)", off["overhead"], ours["overhead"]),
         row("total", off["total"], ours["total"]),
         mem("peak RSS during the run", off["peak_rss_bytes"], ours["peak_rss_bytes"]),
         mem("RSS growth during the run", off["peak_rss_bytes"] - off["rss_before_run_bytes"],
             ours["peak_rss_bytes"] - ours["rss_before_run_bytes"]),
+        *([mem("GPU peak allocated", off["gpu_peak_bytes"], ours["gpu_peak_bytes"])]
+          if off.get("gpu_peak_bytes") is not None and ours.get("gpu_peak_bytes") is not None else []),
     ]
 
 
@@ -314,7 +334,8 @@ def orchestrate(args) -> None:
         say(f"# X-NeMo side by side, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
         say(f"command: {' '.join(shlex.quote(a) for a in [sys.executable.replace(str(ROOT) + '/', ''), *sys.argv])}")
         say(f"pack: {_git(args.pack_root)}; official: {args.official_dir} ({_official_commit(args.official_dir)})")
-        say(f"machine: {platform.machine()}, {os.cpu_count()} cores, threads {args.threads} on both sides, fp32, "
+        say(f"machine: {platform.machine()}, {os.cpu_count()} cores, threads {args.threads} on both sides, "
+            f"{args.device}, {args.dtype}, "
             f"{args.size} px; weights {args.weights} ({_weights_note(args.weights)})")
         say(f"load average at start: {os.getloadavg()[0]:.1f} (other jobs share these cores; compare within a round)")
         for frames, steps in configs:
@@ -334,8 +355,12 @@ def orchestrate(args) -> None:
                     say(line)
                 say(f"UNet per step (CPU s), official: {', '.join(f'{v[1]:.2f}' for v in off['unet_per_step'])}; "
                     f"pack: {', '.join(f'{v[1]:.2f}' for v in ours['unet_per_step'])}")
-                say(f"same output: final latents max abs diff {err:.3g} (parity tolerance {tol:.3g}): "
-                    f"{'OK' if err <= tol else 'DIFFERENT'}")
+                if ours.get("options", {}).get("preset", "custom") != "custom":
+                    say(f"pack preset {ours['options']['preset']!r} ({ours['steps']} steps, options "
+                        f"{ours['options']}): NOT the official sampling, output not compared (max abs diff {err:.3g})")
+                else:
+                    say(f"same output: final latents max abs diff {err:.3g} (parity tolerance {tol:.3g}): "
+                        f"{'OK' if err <= tol else 'DIFFERENT'}")
                 say(f"throughput: pack {off['total'][0] / ours['total'][0]:.2f}x the official by wall clock, "
                     f"{off['total'][1] / ours['total'][1]:.2f}x by CPU time")
         say()
@@ -378,6 +403,8 @@ def main(argv=None) -> None:
     p.add_argument("--configs", default="12x5,45x5", help="FRAMESxSTEPS,... (default 12x5,45x5: 1 and 3 windows)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu, or cuda for a GPU run (both sides; wall time is the figure)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16"], help="weights and compute dtype, both sides")
     p.add_argument("--size", type=int, default=128, help="pixel size (latent = size / 8)")
     p.add_argument("--out", help="append the report to this file too")
     p.add_argument("--worker", choices=["pack"], help=argparse.SUPPRESS)
