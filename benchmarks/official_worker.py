@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+RSS_TORCH_KIB = int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0])  # after `import torch`
 HERE = Path(__file__).resolve().parent
 LATENT_SCALE = 0.18215
 
@@ -389,6 +390,7 @@ def run(args, off) -> None:
         "overhead": [total[i] - motion_t.total[i] - reference_total[i] - unet_t.total[i] for i in (0, 1)],
         "peak_rss_bytes": peak, "rss_before_run_bytes": base, "loadavg_before": load_before,
         "loadavg_after": os.getloadavg()[0], "device": str(device), "dtype": args.dtype, "gpu_peak_bytes": gpu_peak,
+        "rss_torch_bytes": RSS_TORCH_KIB * 1024, "rss_libraries_bytes": args.rss_libraries,
     }
     latents = torch.as_tensor(video).float()  # [1, 4, F, h, w], the final (scaled) latents
     save_file({"latents": latents.contiguous()}, args.latents_out)
@@ -425,6 +427,7 @@ def main(argv=None):
     if not args.official_dir:
         raise SystemExit("give --official-dir or set XNEMO_OFFICIAL_DIR (see benchmarks/setup_official.sh)")
     off = import_official(Path(args.official_dir).resolve())
+    args.rss_libraries = status_kib("VmRSS") * 1024  # torch, diffusers, transformers and the official modules
     make_weights(args, off) if args.cmd == "make-weights" else run(args, off)
 
 

@@ -164,9 +164,12 @@ def pack_worker(args) -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
+    rss_torch = _status_kib("VmRSS") * 1024
+
     torch.set_num_threads(args.threads)
     model_room, reference_room, sampling, conditioning, _ = _import_pack(Path(args.pack_root).resolve(), args.device)
     cuda = args.device.startswith("cuda")
+    rss_libraries = _status_kib("VmRSS") * 1024  # torch, ComfyUI and the pack
     if cuda:
         SYNC.append(torch.cuda.synchronize)
     weights = Path(args.weights)
@@ -234,7 +237,7 @@ def pack_worker(args) -> None:
         "overhead": [times["total"][i] - times["motion"][i] - times["reference"][i] - unet_total[i] for i in (0, 1)],
         "peak_rss_bytes": peak, "rss_before_run_bytes": base, "loadavg_before": load_before,
         "loadavg_after": os.getloadavg()[0], "options": extra, "device": args.device, "dtype": args.dtype,
-        "gpu_peak_bytes": gpu_peak,
+        "gpu_peak_bytes": gpu_peak, "rss_torch_bytes": rss_torch, "rss_libraries_bytes": rss_libraries,
     }
     save_file({"latents": final.float().cpu().permute(1, 0, 2, 3).unsqueeze(0).contiguous()}, args.latents_out)
     Path(args.report).write_text(json.dumps(report, indent=1))
@@ -311,6 +314,10 @@ def table(off: dict, ours: dict) -> list[str]:
         mem("peak RSS during the run", off["peak_rss_bytes"], ours["peak_rss_bytes"]),
         mem("RSS growth during the run", off["peak_rss_bytes"] - off["rss_before_run_bytes"],
             ours["peak_rss_bytes"] - ours["rss_before_run_bytes"]),
+        *([mem("peak RSS above the imported libraries", off["peak_rss_bytes"] - off["rss_libraries_bytes"],
+               ours["peak_rss_bytes"] - ours["rss_libraries_bytes"]),
+           mem("RSS of `import torch` alone", off["rss_torch_bytes"], ours["rss_torch_bytes"])]
+          if "rss_libraries_bytes" in off and "rss_libraries_bytes" in ours else []),
         *([mem("GPU peak allocated", off["gpu_peak_bytes"], ours["gpu_peak_bytes"])]
           if off.get("gpu_peak_bytes") is not None and ours.get("gpu_peak_bytes") is not None else []),
     ]
