@@ -54,7 +54,10 @@ class ReferenceBank:
     def projected(self, key: tuple, attn: torch.nn.Module, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """attn1's keys and values of this block's bank entry, [1, H*W, inner]. Recomputed when the projection
         weights change (another LoRA, another device, a weight function added by a patch)."""
-        version = tuple((id(lin.weight), lin.weight.data_ptr(), lin.weight._version,
+        # Weights made under torch.inference_mode (as ComfyUI runs its nodes) are inference tensors, which keep no
+        # version counter: for them id and data pointer stand alone.
+        version = tuple((id(lin.weight), lin.weight.data_ptr(),
+                         -1 if lin.weight.is_inference() else lin.weight._version,
                          tuple(id(f) for f in getattr(lin, "weight_function", ())))
                         for lin in (attn.to_k, attn.to_v))
         tag = (id(attn), version, torch.device(device), dtype)
