@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import dataclasses
 import datetime
 import gc
 import importlib.util
@@ -164,7 +165,6 @@ def count_full_size_parameters() -> dict[str, int]:
     import comfy.ops
     import torch
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
-
     from xnemo_pack.xnemo_core.pure.layers import XNeMoSites
     from xnemo_pack.xnemo_core.pure.motion_encoder import MotionEncoder
 
@@ -186,10 +186,9 @@ def count_full_size_parameters() -> dict[str, int]:
 def write_full_size_xnemo(folder: Path, seed: int = 0) -> None:
     """Random weights with the official shapes, in the official file format (fp16 safetensors), via the same
     builders demo_weights uses for the tiny set; they then load through load_xnemo like the released files."""
+    import make_tiny_weights as demo_weights
     import safetensors.torch
     import torch
-
-    import make_tiny_weights as demo_weights
     from xnemo_pack.xnemo_core.pure.constants import CHECKPOINT_FILES
     from xnemo_pack.xnemo_core.pure.motion_encoder import MotionEncoder
 
@@ -258,7 +257,6 @@ class UNetCalls:
 def attention_backend(name: str):
     """Swap the attention function the UNet (comfy) and the X-NeMo sites use; 'comfy' keeps ComfyUI's choice."""
     import comfy.ldm.modules.attention as attention
-
     from xnemo_pack.xnemo_core.adapters import unet_patch
 
     saved = (attention.optimized_attention, unet_patch.optimized_attention)
@@ -274,11 +272,9 @@ def attention_backend(name: str):
 
 class Bench:
     def __init__(self, args):
-        import torch
-
         import comfy.model_management as mm
         import comfy.patcher_extension
-
+        import torch
         from xnemo_pack.xnemo_core.adapters import model as xmodel
 
         self.args, self.torch, self.mm = args, torch, mm
@@ -335,8 +331,7 @@ class Bench:
         return reference.compute_reference_bank(self.xnemo.reference, latent, clip)
 
     def conditioning(self, px: int, frames: int, shared_bank: bool = True):
-        from xnemo_pack.xnemo_core.adapters import sampling
-        from xnemo_pack.xnemo_core.adapters import unet_patch
+        from xnemo_pack.xnemo_core.adapters import sampling, unet_patch
         from xnemo_pack.xnemo_core.pure.constants import LATENT_SCALE
 
         latent, clip, bank = self.reference_inputs(px)
@@ -492,7 +487,6 @@ def section_resolution_and_frames(args, bench) -> None:
 def section_window_overhead(args, bench) -> None:
     """The windowing bookkeeping alone (cond slicing, index_add, counts) with a stub UNet: must not grow per frame."""
     import comfy.conds
-
     from xnemo_pack.xnemo_core.adapters import sampling
 
     torch = bench.torch
@@ -612,7 +606,6 @@ def section_motion_encoder_memory(args, bench) -> None:
 def section_vae(args, bench) -> None:
     import comfy.sd
     import comfy.utils
-
     import make_tiny_weights as demo_weights
 
     out("\n## VAE decode (random full-size SD VAE; ComfyUI's VAE.decode splits the frames by free memory)")
@@ -649,6 +642,108 @@ def section_dtypes(args, bench_factory) -> None:
             f"peak {mem / MiB:.0f} MiB")
         del b
         gc.collect()
+
+
+def section_memory_plan(args) -> None:
+    """What ComfyUI would reserve and load on 8-24 GB cards (issue 14): simulated, see scripts/memory_plan.py."""
+    import memory_plan
+
+    out(f"\n## Memory plan at {args.plan_size} px, fp16, simulated NVIDIA cards (scripts/memory_plan.py)")
+    out("ComfyUI's own planning (prepare_sampling -> memory_required -> load_models_gpu -> ModelPatcher.load) on "
+        "full-size shapes on the meta device; 'before' drops the pack's per-window PREPARE_SAMPLING wrapper.")
+    for row in memory_plan.table(args.plan_cards, args.plan_frames, args.plan_size, args.context_length):
+        out(row)
+
+
+def _load_files(folder: Path, channels: int) -> dict[str, Path]:
+    """The four files in the official format (fp32 .pth, torch's zip format) with the UNets `channels` wide."""
+    import make_tiny_weights as demo_weights
+    import torch
+    from xnemo_pack.xnemo_core.pure.constants import CHECKPOINT_FILES
+    from xnemo_pack.xnemo_core.pure.motion_encoder import MotionEncoder
+
+    paths = {role: folder / f"{stem}.pth" for role, stem in CHECKPOINT_FILES.items()}
+    if all(p.is_file() for p in paths.values()):
+        return paths
+    folder.mkdir(parents=True, exist_ok=True)
+    shape = dataclasses.replace(sd15_shape(), model_channels=channels)
+    g = torch.Generator().manual_seed(0)
+    motion, temporal = demo_weights.tiny_site_state_dicts(shape, g)
+    torch.save({**demo_weights.tiny_unet_state_dict(shape, g), **motion}, paths["denoising_unet"])
+    torch.save(temporal, paths["temporal_module"])
+    del motion, temporal
+    reference = demo_weights.tiny_unet_state_dict(shape, g)
+    torch.save({k: v for k, v in reference.items() if not k.startswith(("conv_norm_out.", "conv_out."))},
+               paths["reference_unet"])
+    del reference
+    torch.save(MotionEncoder().state_dict(), paths["motion_encoder"])
+    return paths
+
+
+def load_child(folder: str, weight_dtype: str, before: bool) -> None:
+    """In a fresh process: load_xnemo on `folder`, print peak RSS and peak anonymous memory over the load as JSON."""
+    import json
+    import threading
+
+    import torch
+    from xnemo_pack.xnemo_core.adapters import checkpoint as ckpt
+    from xnemo_pack.xnemo_core.adapters import model as xmodel
+    from xnemo_pack.xnemo_core.pure.constants import CHECKPOINT_FILES
+
+    if before:  # the loader before issue 14: a private copy of each file, copied into separately allocated models
+        ckpt._load_weights_only = lambda path: torch.load(str(path), map_location="cpu", weights_only=True)
+
+        def copy_weights(module, sd):
+            module.to_empty(device="cpu")
+            module.load_state_dict(sd, strict=True)
+
+        xmodel.assign_weights = copy_weights
+    files = xmodel.XNeMoFiles(**{role: str(Path(folder) / f"{stem}.pth") for role, stem in CHECKPOINT_FILES.items()})
+    _trim()
+    _reset_rss_peak()
+    base_rss, base_anon = rss_bytes(), (_status_kib("RssAnon") or 0) * 1024
+    peak_anon = [base_anon]
+    done = threading.Event()
+
+    def watch():
+        while not done.wait(0.002):
+            peak_anon[0] = max(peak_anon[0], (_status_kib("RssAnon") or 0) * 1024)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    t0 = time.perf_counter()
+    model, bundle = xmodel.load_xnemo(files, weight_dtype)
+    seconds = time.perf_counter() - t0
+    done.set()
+    watcher.join()
+    peak_anon[0] = max(peak_anon[0], (_status_kib("RssAnon") or 0) * 1024)
+    sites = model.get_additional_models_with_key("xnemo")[0].model
+    modules = (model.model, sites, bundle.reference.model, bundle.motion.model)
+    weights = sum(t.numel() * t.element_size() for m in modules for t in (*m.parameters(), *m.buffers()))
+    print(json.dumps({"weights": weights, "peak_rss": _status_kib("VmHWM") * 1024 - base_rss,
+                      "peak_anon": peak_anon[0] - base_anon, "seconds": seconds}))
+
+
+def section_load(args) -> None:
+    """Peak memory while Load X-NeMo reads the official-format fp32 .pth files (issue 14, item 5)."""
+    import json
+    import subprocess
+
+    folder = Path(args.weights_dir or tempfile.gettempdir()) / f"xnemo_load_fp32_c{args.load_channels}"
+    paths = _load_files(folder, args.load_channels)
+    file_bytes = sum(p.stat().st_size for p in paths.values())
+    out(f"\n## Load peak: fp32 .pth files, UNets {args.load_channels} channels wide ({file_bytes / MiB:.0f} MiB on "
+        f"disk; official: 320 channels, 9.7 GiB), each load in a fresh process")
+    out("peak RSS counts the file pages the load touched (page cache, reclaimable); anonymous is the private memory")
+    for dtype in args.load_dtypes:
+        for label, before in (("before", True), ("now", False)):
+            cmd = [sys.executable, __file__, "--load-child", str(folder), "--weight-dtype", dtype]
+            result = subprocess.run(cmd + (["--load-before"] if before else []), capture_output=True, text=True,
+                                    check=True)
+            r = json.loads(result.stdout.strip().splitlines()[-1])
+            out(f"{dtype} weights {r['weights'] / MiB:.0f} MiB, {label}: peak RSS +{r['peak_rss'] / MiB:.0f} MiB "
+                f"({r['peak_rss'] / r['weights']:.2f}x the weights), peak anonymous +{r['peak_anon'] / MiB:.0f} MiB "
+                f"({r['peak_anon'] / r['weights']:.2f}x), {r['seconds']:.1f} s")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -689,10 +784,20 @@ def parse_args(argv=None):
     p.add_argument("--official-run-steps", type=int, default=2,
                    help="steps actually sampled for the official-schedule comparison (per-step cost is constant)")
     p.add_argument("--sections", default=None,
-                   help="comma list of: params,official,fast,motion,vae,sweep,overhead,dtypes (default: all that apply)")
+                   help="comma list of: params,official,fast,motion,vae,sweep,overhead,dtypes,memplan,load (default: all "
+                        "that apply; memplan and load need no weights and run first)")
     p.add_argument("--dtypes", default="fp32,fp16,bf16", type=lambda s: [v for v in s.split(",") if v])
     p.add_argument("--vae", default=None, type=lambda s: [tuple(int(x) for x in v.split("x")) for v in s.split(",")],
                    help="VAE decode configs PXxFRAMES,... (default 128x4,128x16 on CPU; 512x24 full size)")
+    p.add_argument("--plan-size", type=int, default=512, help="image size of the memory plan table (memplan)")
+    p.add_argument("--plan-cards", type=ints, default=[8, 12, 16, 24], help="card sizes in GB of the memory plan")
+    p.add_argument("--plan-frames", type=ints, default=[24, 48, 120, 250, 500, 1000],
+                   help="clip lengths of the memory plan")
+    p.add_argument("--load-channels", type=int, default=96,
+                   help="UNet width of the fp32 files the load section writes (official 320: 9.7 GiB of files)")
+    p.add_argument("--load-dtypes", default="fp32,fp16", type=lambda s: [v for v in s.split(",") if v])
+    p.add_argument("--load-child", help=argparse.SUPPRESS)
+    p.add_argument("--load-before", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.full_size:
         a.weight_dtype = a.weight_dtype or "fp16"
@@ -710,7 +815,7 @@ def parse_args(argv=None):
         a.sizes = a.sizes or [128, 256]
         a.steps = a.steps or 2
         a.vae = a.vae or [(128, 4), (128, 16)]
-    default_sections = ["params", "sweep", "fast", "motion", "vae", "dtypes"]
+    default_sections = ["memplan", "load", "params", "sweep", "fast", "motion", "vae", "dtypes"]
     if a.compare_official_schedule:
         default_sections.insert(2, "official")
     a.sections = a.sections.split(",") if a.sections else default_sections
@@ -721,6 +826,17 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     setup(args.cpu)
     import torch
+
+    if args.load_child:
+        load_child(args.load_child, args.weight_dtype, args.load_before)
+        return
+    if "memplan" in args.sections:
+        section_memory_plan(args)
+    if "load" in args.sections:
+        section_load(args)
+    if not set(args.sections) - {"memplan", "load"}:
+        out("\ndone")
+        return
 
     if args.threads:
         torch.set_num_threads(args.threads)

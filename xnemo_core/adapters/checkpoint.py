@@ -70,9 +70,12 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 def _load_weights_only(path: Path):
     """torch.load that refuses code. Its refusal message is a page of advice on how to load the file anyway; keep
-    only the line naming what the pickle tried to import."""
+    only the line naming what the pickle tried to import.
+
+    Files in torch's zip format (all recent ones) are memory-mapped: the tensors read the file through the page cache
+    instead of a private copy, so building the models from them does not hold the weights twice."""
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
         lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(e).splitlines()]
         reason = next((line for line in lines if "Unsupported global" in line or "WeightsUnpickler" in line),

@@ -30,6 +30,9 @@ log = logging.getLogger("xnemo")
 
 WEIGHT_DTYPES = ("auto", "fp16", "bf16", "fp32")
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+# "auto" prefers what the official release runs on the GPU (configs/prompts/animation.yaml: weight_dtype fp16), then
+# bf16 where the device lacks fast fp16, then fp32 (CPU). ComfyUI decides what the device supports.
+AUTO_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 SITE_HEADS = 8   # official motion_module_kwargs / temporal_module_kwargs num_attention_heads
 
 
@@ -59,7 +62,7 @@ def pick_precision(weight_dtype: str, parameters: int) -> Precision:
         raise ValueError(f"weight_dtype must be one of {WEIGHT_DTYPES}, got {weight_dtype!r}")
     device = mm.get_torch_device()
     if weight_dtype == "auto":
-        dtype = mm.unet_dtype(model_params=parameters)
+        dtype = mm.unet_dtype(device=device, model_params=parameters, supported_dtypes=list(AUTO_DTYPES))
     else:
         dtype = _DTYPES[weight_dtype]
     return Precision(weight=dtype, manual_cast=mm.unet_manual_cast(dtype, device))
@@ -77,15 +80,30 @@ def _read(path: str, kind: str) -> dict[str, torch.Tensor]:
 # UNets
 # ---------------------------------------------------------------------------------------------------------------
 
+META = torch.device("meta")
+
+
+def assign_weights(module: torch.nn.Module, sd: dict[str, torch.Tensor]) -> None:
+    """Load `sd` into `module` (built on the meta device) without a second copy of the weights.
+
+    Each tensor is cast to the dtype the module declares for it (nothing is copied when the file already has it) and
+    becomes the parameter itself (`assign=True`). With memory-mapped files, that keeps the load's peak near the
+    weights' own size instead of file plus model (about 10 GB for the official fp32 files before).
+    """
+    declared = module.state_dict()
+    cast = {k: v.to(declared[k].dtype) if k in declared and v.dtype != declared[k].dtype else v for k, v in sd.items()}
+    module.load_state_dict(cast, strict=True, assign=True)  # the keys were checked (and named) before
+
+
 def build_denoising_model(unet_sd: dict, shape: ckpt.UNetShape, precision: Precision, name: str):
     """The plain SD UNet part as a ComfyUI BaseModel (EPS), weights checked key by key."""
     model_config = comfy.supported_models.SD15(shape.comfy_config())
     model_config.set_inference_dtype(precision.weight, precision.manual_cast)
-    model = model_config.get_model({}, "")
+    model = model_config.get_model({}, "", device=META)
     expected = {k: v.shape for k, v in model.diffusion_model.state_dict().items()}
-    converted = ckpt.convert_unet_keys(unet_sd, shape, name, expected)
-    model.diffusion_model.load_state_dict(converted, strict=True)
-    return model.to(mm.unet_offload_device())
+    assign_weights(model.diffusion_model, ckpt.convert_unet_keys(unet_sd, shape, name, expected))
+    model.device = mm.unet_offload_device()
+    return model.to(model.device)
 
 
 def build_reference_unet(sd: dict, precision: Precision, name: str) -> UNetModel:
@@ -93,12 +111,11 @@ def build_reference_unet(sd: dict, precision: Precision, name: str) -> UNetModel
     only its attn1 inputs are used, so the head is an identity here."""
     shape = ckpt.unet_shape(sd, name)
     config = shape.comfy_config()
-    unet = UNetModel(**config, dtype=precision.weight, device=mm.unet_offload_device(),
-                     operations=precision.operations())
+    unet = UNetModel(**config, dtype=precision.weight, device=META, operations=precision.operations())
     unet.out = torch.nn.Identity()
     expected = {k: v.shape for k, v in unet.state_dict().items()}
-    unet.load_state_dict(ckpt.convert_unet_keys(sd, shape, name, expected), strict=True)
-    return unet
+    assign_weights(unet, ckpt.convert_unet_keys(sd, shape, name, expected))
+    return unet.to(mm.unet_offload_device())
 
 
 def sites_state_dict(site_sds: dict[str, dict], shape: ckpt.UNetShape, names: dict[str, str]):
@@ -133,12 +150,12 @@ def build_sites(site_sds: dict, shape: ckpt.UNetShape, precision: Precision, nam
     pe_key = "sites.0.temporal.temporal_transformer.transformer_blocks.0.attention_blocks.0.pos_encoder.pe"
     token_dim = sd[token_key].shape[1] if token_key in sd else 16
     max_frames = sd[pe_key].shape[1] if pe_key in sd else 32
-    sites = XNeMoSites(channels, token_dim, SITE_HEADS, max_frames, dtype=precision.weight,
-                       device=mm.unet_offload_device(), operations=precision.operations())
+    sites = XNeMoSites(channels, token_dim, SITE_HEADS, max_frames, dtype=precision.weight, device=META,
+                       operations=precision.operations())
     expected = {k: v.shape for k, v in sites.state_dict().items()}
     _check_site_keys(expected, sd, ckpt.site_prefixes(shape), names)
-    sites.load_state_dict(sd, strict=True)
-    return sites
+    assign_weights(sites, sd)
+    return sites.to(mm.unet_offload_device())
 
 
 def _check_site_keys(expected: dict, sd: dict, prefixes: list[str], names: dict[str, str]) -> None:

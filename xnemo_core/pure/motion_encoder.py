@@ -149,7 +149,9 @@ class PatchEmbedding(nn.Module):
         super().__init__()
         self.proj = operations.Conv2d(in_channels, dim, patch_size, stride=patch_size, device=device, dtype=dtype)
         table = sincos_2d(dim, sample_size // patch_size).unsqueeze(0)  # [1, L, dim]
-        self.register_buffer("pos_embed", table.to(device=device), persistent=False)
+        # A fixed table, not a weight: it stays real when the module is built on the meta device to be assigned.
+        on_meta = device is not None and torch.device(device).type == "meta"
+        self.register_buffer("pos_embed", table if on_meta else table.to(device=device), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         x = rearrange(self.proj(x), "n c h w -> n (h w) c")  # [N, L, dim]
@@ -363,9 +365,11 @@ class MotionEncoder(_MotionFusionLayers):
                         attention_fn: AttentionFn | None = None) -> MotionEncoder:
         """Build from an official motion-encoder state dict, reading every size from the tensors.
 
-        The head count is `attention_heads` or, if None, `attention_heads_for_width(width)`. Loads strictly in the
-        checkpoint's values, then casts to `dtype`; raises CheckpointError naming every missing and unexpected key
-        and every shape mismatch. Returns the module in eval mode with gradients off.
+        The head count is `attention_heads` or, if None, `attention_heads_for_width(width)`. Loads strictly, each
+        weight cast to `dtype` (the fixed sin-cos tables stay float32 and are cast where used, so a float16-stored
+        model computing in float32 keeps them exact); raises CheckpointError naming every missing and unexpected key
+        and every shape mismatch. The module is built on the meta device and the (cast) checkpoint tensors become its
+        weights, so loading holds no second copy. Returns the module in eval mode with gradients off.
         """
         sizes = _read_sizes(sd)
         width = sizes.pop("attention_width")
@@ -373,11 +377,17 @@ class MotionEncoder(_MotionFusionLayers):
         if width % heads:
             raise CheckpointError(f"motion encoder attention width {width} does not split into {heads} heads")
         module = cls(attention_heads=heads, attention_head_dim=width // heads, attention_fn=attention_fn,
-                     device=device, operations=operations, **sizes)
+                     device="meta", operations=operations, **sizes)
         _check_state_dict(module, sd)
-        module.load_state_dict(sd, strict=True)
-        if dtype is not None:
-            _cast_keeping_tables(module, dtype)
+        declared = module.state_dict()
+
+        def cast(key: str, value: Tensor) -> Tensor:
+            keep = dtype is None or not value.is_floating_point() or key == "pe"
+            return value.to(declared[key].dtype if keep else dtype)
+
+        module.load_state_dict({k: cast(k, v) for k, v in sd.items()}, strict=True, assign=True)
+        if device is not None:
+            module.to(device)
         return module.eval().requires_grad_(False)
 
     def encode_face(self, crops: Tensor) -> Tensor:
@@ -424,16 +434,6 @@ def _read_sizes(sd: dict[str, Tensor]) -> dict[str, int]:
     if "bbox_proj.0.weight" in sd:
         sizes["bbox_embed_dim"], sizes["bbox_dim"] = sd["bbox_proj.0.weight"].shape
     return sizes
-
-
-def _cast_keeping_tables(module: nn.Module, dtype: torch.dtype) -> None:
-    """Cast weights to `dtype` but keep the fixed sin-cos tables in float32: they are cast to the activation dtype
-    where used, so a float16-stored model computing in float32 (comfy manual_cast) keeps them exact."""
-    tables = {name: t for name, t in module.named_buffers() if name == "pe" or name.endswith(".pos_embed.pos_embed")}
-    module.to(dtype=dtype)
-    for name, table in tables.items():
-        parent, _, leaf = name.rpartition(".")
-        setattr(module.get_submodule(parent), leaf, table)
 
 
 def _check_state_dict(module: nn.Module, sd: dict[str, Tensor]) -> None:
