@@ -99,3 +99,64 @@ def test_original_per_frame_and_resized_original():
     assert (rows.min(), rows.max(), cols.min(), cols.max()) == (40, 119, 20, 99)
     with pytest.raises(ValueError, match="connect the same image"):
         paste_back(frames, crop, torch.rand(1, 100, 100, 3), feather=0.0, color_match=False)
+
+
+_MEASURE = r"""
+import ctypes, gc, importlib.util, json, sys
+from pathlib import Path
+import torch
+root = Path(sys.argv[1])
+spec = importlib.util.spec_from_file_location("pure", root / "__init__.py", submodule_search_locations=[str(root)])
+sys.modules["pure"] = module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+from pure.compose import paste_back
+from pure.payloads import CropInfo
+
+def kib(field):
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(field + ":")) * 1024
+
+frames, color = int(sys.argv[2]), sys.argv[3] == "1"
+torch.set_num_threads(1)
+crops = torch.rand(frames, 256, 256, 3)
+original = torch.rand(1, 270, 480, 3)
+info = CropInfo(box=(140, 20, 380, 260), image_size=(270, 480), crop_size=(256, 256), face_box=None)
+paste_back(crops[:2], info, original, color_match=color)  # warm-up: first-call allocations of torch itself
+gc.collect()
+ctypes.CDLL("libc.so.6").malloc_trim(0)
+open("/proc/self/clear_refs", "w").write("5")  # reset the RSS high-water mark
+base = kib("VmRSS")
+out, mask = paste_back(crops, info, original, color_match=color)
+print(json.dumps({"peak": kib("VmHWM") - base, "output": out.numel() * out.element_size(),
+                  "mask": mask.untyped_storage().nbytes()}))
+"""
+
+
+@pytest.mark.parametrize("color_match", [False, True])
+def test_paste_back_memory_is_the_output_plus_a_constant(tmp_path, color_match):
+    """Issue 14: memory beyond the output must not grow with the clip (1,000 frames at 1080p: 24.9 GB of output and
+    no more than a chunk besides). Measured as the RSS high-water mark of a fresh process, at two clip lengths."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux /proc to measure the peak")
+    pure = Path(__file__).resolve().parents[2] / "xnemo_core" / "pure"
+    runs = {}
+    for frames in (64, 256):
+        # glibc would keep freed chunk buffers in its heap (the RSS then grows with allocator history, not with
+        # live memory): a fixed mmap threshold hands every large block back when it is freed.
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "1048576"}
+        result = subprocess.run([sys.executable, "-c", _MEASURE, str(pure), str(frames), str(int(color_match))],
+                                capture_output=True, text=True, check=True, timeout=300, env=env)
+        runs[frames] = json.loads(result.stdout.strip().splitlines()[-1])
+    mib = 1024 ** 2
+    chunk = 16 * 240 * 240 * 3 * 4  # one chunk of crops resized to the 240 x 240 box (compose._CHUNK frames)
+    for frames, r in runs.items():
+        print(f"{frames} frames, color_match {color_match}: output {r['output'] / mib:.0f} MiB, peak "
+              f"+{r['peak'] / mib:.0f} MiB, beyond the output {(r['peak'] - r['output']) / mib:.1f} MiB")
+        assert r["mask"] == 270 * 480 * 4, "the mask is one frame, broadcast"
+        assert r["peak"] - r["output"] <= 6 * chunk  # one chunk: its resize, clamp and blend temporaries
+    growth = (runs[256]["peak"] - runs[256]["output"]) - (runs[64]["peak"] - runs[64]["output"])
+    assert abs(growth) <= 8 * mib, f"memory beyond the output grew by {growth / mib:.1f} MiB with 4x the frames"

@@ -31,7 +31,8 @@ def paste_back(frames: torch.Tensor, crop: CropInfo, original: torch.Tensor, fea
         color_match (`bool`): shift the crops' per-channel mean and std to the original's inside the box.
 
     Returns:
-        (`Tensor[F, H, W, 3]`, `Tensor[F, H, W]`): composited frames and the blend mask (1 = animated crop).
+        (`Tensor[F, H, W, 3]`, `Tensor[F, H, W]`): composited frames and the blend mask (1 = animated crop; one
+        frame broadcast over F, read-only). Beyond the output, memory is bounded by one chunk of resized crops.
     """
     if frames.ndim != 4 or original.ndim != 4:
         raise ValueError(f"frames and original must be IMAGE batches [n, h, w, c], got {tuple(frames.shape)} "
@@ -64,18 +65,19 @@ def paste_back(frames: torch.Tensor, crop: CropInfo, original: torch.Tensor, fea
         src, dst = _stats(crops, weight), _stats([original[:, iy0:iy1, ix0:ix1].float()], weight)
         transfer = [tuple(t.to(original.device) for t in pair) for pair in (src, dst)]
 
-    # 4. Composite chunk by chunk.
+    # 4. Composite chunk by chunk into the output, the only full-clip buffer. The mask is the same for every frame:
+    # one frame, broadcast (a view), so 1,000 frames at 1080p cost the 24.9 GB of output and not 8.3 GB more.
     out = original.float().expand(count, -1, -1, -1).clone()
-    mask = torch.zeros(count, img_h, img_w, device=original.device)
-    mask[:, iy0:iy1, ix0:ix1] = weight
+    mask = torch.zeros(img_h, img_w, device=original.device)
+    mask[iy0:iy1, ix0:ix1] = weight
+    mask = mask.expand(count, -1, -1)
     w = weight.unsqueeze(-1)
     for start in range(0, count, _CHUNK):
         part = _resized(frames[start:start + _CHUNK], box_h, box_w)[:, by0:by1, bx0:bx1].to(original.device)
         if transfer is not None:
             (src_mean, src_std), (dst_mean, dst_std) = transfer
             part = ((part - src_mean) / src_std * dst_std + dst_mean).clamp(0, 1)
-        window = out[start:start + part.shape[0], iy0:iy1, ix0:ix1]
-        out[start:start + part.shape[0], iy0:iy1, ix0:ix1] = window * (1 - w) + part * w
+        out[start:start + part.shape[0], iy0:iy1, ix0:ix1].lerp_(part, w)  # in place: exact at w = 0 and 1
     return out, mask
 
 
