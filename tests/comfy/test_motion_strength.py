@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from xnemo_pack.nodes.motion import XNeMoEncodeMotion
 from xnemo_pack.nodes.reference import XNeMoReferenceCondition
 from xnemo_pack.xnemo_core.adapters.model import XNeMoFiles, load_xnemo

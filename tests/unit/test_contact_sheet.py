@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from PIL import Image
-
 from demo import SHEET_FRAMES, SHEET_HEIGHT, make_contact_sheet
+from PIL import Image
 
 
 def test_contact_sheet_layout():
