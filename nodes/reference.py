@@ -31,8 +31,8 @@ class XNeMoReferenceCondition(io.ComfyNode):
                 io.Image.Input("image", tooltip="The portrait to animate (the first image of a batch is used)."),
                 io.ClipVision.Input("clip_vision", tooltip="CLIP ViT-L/14 image encoder (the sd-image-variations "
                                     "image_encoder) from Load CLIP Vision."),
-                io.Vae.Input("vae", tooltip="VAE from Load VAE. The official one is the SVD img2vid VAE; any SD1.5 VAE "
-                             "works. Decode the result with the same VAE."),
+                io.Vae.Input("vae", tooltip="The SVD img2vid-xt VAE from X-NeMo Load VAE (official), or an SD1.5 VAE. "
+                             "Decode the result with the same VAE in X-NeMo VAE Decode."),
                 XNeMoMotion.Input("motion", tooltip="Driving motion from Encode Motion (or Interpolate Motion); its "
                                   "frame count sets the clip length."),
                 io.Int.Input("width", default=512, min=64, max=MAX_SIDE, step=64,

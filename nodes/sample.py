@@ -70,7 +70,7 @@ class XNeMoSampleAnimation(io.ComfyNode):
                                          "(minutes), later runs with the same sizes are faster; needs a working "
                                          "compiler toolchain. Off: no compilation."),
             ],
-            outputs=[io.Latent.Output(display_name="latent", tooltip="Sampled frames; decode with VAE Decode.")],
+            outputs=[io.Latent.Output(display_name="latent", tooltip="Sampled frames; decode with X-NeMo VAE Decode.")],
             is_experimental=True,
         )
 

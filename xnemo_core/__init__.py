@@ -17,6 +17,7 @@ pure/ (torch, numpy, OpenCV; never imports ComfyUI or anything outside pure/)
     tflite          a small TensorFlow Lite file reader (tensors, operators, buffers)
     windows         sliding context windows and window counts
     compose         paste-back into the original frames
+    svd_vae_keys    Stable Video Diffusion VAE: diffusers key names -> ComfyUI's temporal-decoder layout
 
 adapters/ (ComfyUI side: may import pure/ and comfy, never pipeline or nodes)
     face_model      the BlazeFace model file and the device the detector runs on
@@ -26,6 +27,8 @@ adapters/ (ComfyUI side: may import pure/ and comfy, never pipeline or nodes)
     reference_bank  the reference bank: class, block key, writer (ReferenceNet pass), reader (attn1 patch + attention
                     override: reference keys/values projected once, CPU SDPA)
     sampling        official DDIM on ComfyUI samplers, start latent, windowed CFG
+    vae             the SVD VAE from the files users have, VAE checks, reference latent, official fixed-chunk decode
+    clip            CLIP ViT-L/14 check and the official image embedding of the reference crop
 
 pipeline        (top: may import pure/ and adapters/) Encode Motion and Reference Condition: face tracking, motion
                 tokens, CLIP embedding, reference latent and bank, the CFG pair and the start latent

@@ -14,6 +14,8 @@ import torch
 from .pure import face_crop, face_track, motion_ops
 from .pure.constants import DEFAULT_CROP_SCALE, DEFAULT_SMOOTHING_SIGMA, LATENT_SCALE, MOTION_INPUT_SIZE
 from .pure.errors import IncompatibleModelError, NoFaceError
+from .adapters import clip
+from .adapters import vae as vae_adapter
 from .adapters.face_model import face_detector
 from .adapters.model import XNeMoBundle
 from .pure.payloads import CropInfo, MotionSequence
@@ -96,6 +98,8 @@ def reference_condition(xnemo: XNeMoBundle, image: torch.Tensor, clip_vision, va
     motion_strength / head_strength below 1 move the driving motion towards the portrait's own (its face feature,
     and the head position/zoom f_rts) before it goes into the positive branch: `motion_ops.toward_own_motion`.
     """
+    clip.check_clip_vision(clip_vision)  # wrong encoders are refused before any work
+    vae_adapter.vae_kind(vae)
     image = face_track.as_rgb(image[:1], "image")
     box = reference_face_box(image, options.detector, options.face_index, options.face_order)
     crop_image, crop = face_crop.reference_crop(image[0], box, height, width)
@@ -115,20 +119,7 @@ def reference_condition(xnemo: XNeMoBundle, image: torch.Tensor, clip_vision, va
         motion = motion_ops.toward_own_motion(motion, own, motion_strength, head_strength)
     _tick(progress, 2, steps)
 
-    clip_embed = clip_vision.encode_image(crop_image)["image_embeds"].float().cpu()
-    if clip_embed.shape[-1] != 768:
-        raise IncompatibleModelError(
-            f"the CLIP vision model gives {clip_embed.shape[-1]}-d image embeddings; X-NeMo was trained with the "
-            f"768-d CLIP ViT-L/14 image encoder (sd-image-variations image_encoder): load that one in Load CLIP Vision"
-        )
-    clip_embed = clip_embed.reshape(1, 1, -1)
-    latent = vae.encode(crop_image).float().cpu()
-    if latent.shape[1] != xnemo.latent_channels:
-        raise IncompatibleModelError(
-            f"the VAE makes {latent.shape[1]}-channel latents but X-NeMo's UNet takes {xnemo.latent_channels}: use an "
-            f"SD1.5-family VAE (the official one is the SVD img2vid VAE)"
-        )
-    scaled = latent * LATENT_SCALE
+    clip_embed, scaled = encode_reference(clip_vision, vae, image[0], box, crop_image)
     _tick(progress, 3, steps)
 
     bank = compute_reference_bank(xnemo.reference, scaled, clip_embed)
@@ -136,6 +127,16 @@ def reference_condition(xnemo: XNeMoBundle, image: torch.Tensor, clip_vision, va
     start = blurred_reference(scaled, motion.frames) / LATENT_SCALE
     _tick(progress, 4, steps)
     return ReferenceResult(positive=positive, negative=negative, latent=start, crop=crop, crop_image=crop_image)
+
+
+def encode_reference(clip_vision, vae, image: torch.Tensor, box, crop_image: torch.Tensor) -> tuple[torch.Tensor,
+                                                                                                    torch.Tensor]:
+    """(CLIP image embedding [1, 1, 768], reference latent [1, 4, h, w] x 0.18215), as the official computes them.
+
+    CLIP sees the official 512 px square crop (bicubic to 224 inside `clip_image_embedding`) whatever the output size;
+    the VAE sees `crop_image` [1, height, width, 3], the official crop Lanczos-resized to the output size."""
+    square = face_crop.official_reference_crop(face_crop.to_u8(image), box).pixels
+    return clip.clip_image_embedding(clip_vision, square), vae_adapter.encode_reference(vae, crop_image)
 
 
 def _tick(progress: Progress | None, done: int, total: int) -> None:

@@ -11,7 +11,8 @@ from xnemo_pack.nodes import _all_nodes, register_model_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE_IDS = {"XNeMoLoader", "XNeMoEncodeMotion", "XNeMoReferenceCondition", "XNeMoSampleAnimation",
-            "XNeMoInterpolateMotion", "XNeMoPasteBack", "XNeMoSaveMotion", "XNeMoLoadMotion"}
+            "XNeMoInterpolateMotion", "XNeMoPasteBack", "XNeMoSaveMotion", "XNeMoLoadMotion", "XNeMoVAELoader",
+            "XNeMoVAEDecode"}
 
 
 def schemas():
@@ -19,7 +20,7 @@ def schemas():
     return [node.define_schema() for node in _all_nodes()]
 
 
-def test_the_six_nodes_are_registered():
+def test_every_node_is_registered():
     assert {s.node_id for s in schemas()} == NODE_IDS
 
 

@@ -16,6 +16,8 @@ XNEMO_NODES = (
     "XNeMoSampleAnimation",
     "XNeMoInterpolateMotion",
     "XNeMoPasteBack",
+    "XNeMoVAELoader",
+    "XNeMoVAEDecode",
 )
 LOADER_FILE_INPUTS = ("denoising_unet", "reference_unet", "motion_encoder", "temporal_module")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

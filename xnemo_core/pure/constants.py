@@ -28,6 +28,7 @@ BETA_START = 0.00085
 BETA_END = 0.02             # X-NeMo trains with a noisier schedule than SD1.5 (0.012)
 NUM_TRAIN_TIMESTEPS = 1000
 LATENT_SCALE = 0.18215
+DECODE_CHUNK_SIZE = 25      # frames the official SVD temporal decoder decodes together (decode_latents_svd)
 
 INIT_BLUR_KERNEL = 9
 INIT_BLUR_SIGMA = 18.0
