@@ -35,6 +35,14 @@ class XNeMoVAELoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, vae_name: str | None = None) -> bool | str:
+        # Named: ComfyUI 0.3.75 does not compare V3 dropdown values with their options (see nodes/checks.py).
+        if vae_name is not None and folder_paths.get_full_path("vae", vae_name) is None:
+            return (f"vae_name: {vae_name} is not in models/vae/. Put the Stable Video Diffusion VAE there "
+                    f"(see the README, 'Where the weights go') and refresh.")
+        return True
+
+    @classmethod
     def execute(cls, vae_name: str) -> io.NodeOutput:
         return io.NodeOutput(xvae.load_vae_file(folder_paths.get_full_path_or_raise("vae", vae_name)))
 

@@ -16,7 +16,6 @@ import pytest
 import torch
 from comfy.clip_model import CLIPVisionModelProjection
 from comfy.ldm.models.autoencoder import AutoencodingEngine
-
 from xnemo_pack.nodes.vae import XNeMoVAEDecode
 from xnemo_pack.xnemo_core.adapters import clip as clip_adapter
 from xnemo_pack.xnemo_core.adapters import vae as vae_adapter
@@ -99,7 +98,10 @@ def test_decode_node_ticks_once_per_chunk(vae, monkeypatch):
     real = vae_adapter.decode_frames
 
     def spy(v, samples, chunk, progress=None):
-        return real(v, samples, chunk, progress=lambda done, total: (ticks.append((done, total)), progress(done, total)))
+        def both(done, total):
+            ticks.append((done, total))
+            progress(done, total)
+        return real(v, samples, chunk, progress=both)
 
     monkeypatch.setattr(vae_adapter, "decode_frames", spy)
     images = XNeMoVAEDecode.execute({"samples": latents(7)}, vae, 3).args[0]

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-
 from xnemo_pack.xnemo_core.pure import svd_vae_keys
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,9 +61,10 @@ def test_quant_conv_is_folded_exactly():
     sd = small_svd_state_dict()
     out = svd_vae_keys.diffusers_to_comfy(sd)
     x = torch.randn(1, 3, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    conv = torch.nn.functional.conv2d(x, sd["encoder.conv_out.weight"].double(), sd["encoder.conv_out.bias"].double())
-    two_steps = torch.nn.functional.conv2d(conv, sd["quant_conv.weight"].double(), sd["quant_conv.bias"].double())
-    folded = torch.nn.functional.conv2d(x, out["encoder.conv_out.weight"].double(), out["encoder.conv_out.bias"].double())
+    conv2d = torch.nn.functional.conv2d
+    conv = conv2d(x, sd["encoder.conv_out.weight"].double(), sd["encoder.conv_out.bias"].double())
+    two_steps = conv2d(conv, sd["quant_conv.weight"].double(), sd["quant_conv.bias"].double())
+    folded = conv2d(x, out["encoder.conv_out.weight"].double(), out["encoder.conv_out.bias"].double())
     assert out["encoder.conv_out.weight"].dtype == torch.float32  # not rounded back to the file's float16
     assert (folded - two_steps).abs().max() < 1e-5
 
