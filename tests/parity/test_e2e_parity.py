@@ -86,6 +86,13 @@ def frames_u8(images: torch.Tensor) -> torch.Tensor:
     return (images * 255).to(torch.uint8)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def inference_mode():
+    """As ComfyUI runs every node (execution.py); without it autograd would keep each CLIP/VAE graph (GBs)."""
+    with torch.inference_mode():
+        yield
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Loaded models (through the loaders users use)
 
@@ -109,10 +116,14 @@ def xnemo(e2e_dir, e2e_manifest):
     return XNeMoLoader.execute(*names, "fp32").args
 
 
+def load_clip_vision(layout: str):
+    return comfy_nodes.CLIPVisionLoader().load_clip(e2e_weights.CLIP_FILES[layout])[0]
+
+
 @pytest.fixture(scope="module")
-def clip_visions(e2e_models):
-    return {layout: comfy_nodes.CLIPVisionLoader().load_clip(name)[0]
-            for layout, name in e2e_weights.CLIP_FILES.items()}
+def clip_vision(e2e_models):
+    """The official image encoder file, through core Load CLIP Vision."""
+    return load_clip_vision("sd-image-variations")
 
 
 @pytest.fixture(scope="module")
@@ -173,8 +184,9 @@ def test_clip_input(e2e_golden, e2e_manifest):
 
 
 @pytest.mark.parametrize("layout", list(e2e_weights.CLIP_FILES))
-def test_clip_embedding(layout, clip_visions, e2e_golden, e2e_manifest):
-    clip_vision = clip_visions[layout]
+def test_clip_embedding(layout, clip_vision, e2e_golden, e2e_manifest):
+    if layout != "sd-image-variations":
+        clip_vision = load_clip_vision(layout)  # loaded for this test only (0.6 GB)
     embed = clip_adapter.clip_image_embedding(clip_vision, e2e_golden["pre.ref_crop_u8"])
     check(e2e_manifest, "clip.image_embeds", embed.reshape(1, -1), e2e_golden["clip.image_embeds"])
     hidden = clip_vision.encode_image(clip_pixels(e2e_golden["pre.ref_crop_u8"]))["last_hidden_state"]
@@ -233,7 +245,7 @@ def test_decode_golden_latents(vae, e2e_golden, e2e_manifest, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def chain(xnemo, clip_visions, vae, e2e_golden, e2e_inputs, e2e_manifest):
+def chain(xnemo, clip_vision, vae, e2e_golden, e2e_inputs, e2e_manifest):
     """Run the graph; record every stage the manifest lists. Until BlazeFace lands, the face crops are the set's
     stored ones (pre.*); everything after them is this pack's nodes and engine."""
     model, bundle = xnemo
@@ -252,12 +264,11 @@ def chain(xnemo, clip_visions, vae, e2e_golden, e2e_inputs, e2e_manifest):
 
     # Reference: CLIP embedding (Load CLIP Vision, sd-image-variations file) and latent (X-NeMo Load VAE).
     crop = golden["pre.ref_crop_u8"]
-    clip_embed = clip_adapter.clip_image_embedding(clip_visions["sd-image-variations"], crop)
+    clip_embed = clip_adapter.clip_image_embedding(clip_vision, crop)
     pixels = vae_pixels(crop, s["W"], s["H"])
     ref_latent = vae_adapter.encode_reference(vae, pixels)
     out["clip.image_embeds"] = clip_embed.reshape(1, -1)
-    out["clip.last_hidden_state"] = clip_visions["sd-image-variations"].encode_image(
-        clip_pixels(crop))["last_hidden_state"]
+    out["clip.last_hidden_state"] = clip_vision.encode_image(clip_pixels(crop))["last_hidden_state"]
     out["pre.clip_input"] = comfy.clip_vision.clip_preprocess(clip_pixels(crop))
     out["pre.vae_input"] = (pixels * 2.0 - 1.0).movedim(-1, 1)
     out["vae.latent_mean"] = vae.encode(pixels)

@@ -48,6 +48,7 @@ def check_clip_vision(clip_vision) -> None:
                                      f"{clip_vision.image_std}, not CLIP's: {FIX}")
 
 
+@torch.no_grad()  # ComfyUI runs nodes in inference mode; direct callers (tests, scripts) would keep the graph
 def clip_image_embedding(clip_vision, crop) -> torch.Tensor:
     """The official `image_embeds` of the official 512 px reference crop (uint8 [512, 512, 3], numpy or torch) as
     CONDITIONING context [1, 1, 768]."""

@@ -93,6 +93,7 @@ def load_vae_file(path: str) -> comfy.sd.VAE:
     return vae
 
 
+@torch.no_grad()  # ComfyUI runs nodes in inference mode; direct callers (tests, scripts) would keep the graph
 def encode_reference(vae, pixels: torch.Tensor) -> torch.Tensor:
     """The official reference latent of IMAGE `pixels` [1, H, W, 3] (the official crop at the output size): the
     latent distribution's mean x 0.18215, [1, 4, H/8, W/8] float32 on the CPU."""
