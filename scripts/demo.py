@@ -197,7 +197,7 @@ def prepare_prompt(prompt: dict, reference: str, driving: str, weights: dict[str
         prompt[node_id]["inputs"].update(weights["x-nemo"])
     for node_id in comfy_harness.node_ids_of(prompt, "CLIPVisionLoader"):
         prompt[node_id]["inputs"]["clip_name"] = weights["clip_vision"]
-    for node_id in comfy_harness.node_ids_of(prompt, "VAELoader"):
+    for node_id in comfy_harness.node_ids_of(prompt, "XNeMoVAELoader"):
         prompt[node_id]["inputs"]["vae_name"] = weights["vae"]
 
     for node in prompt.values():

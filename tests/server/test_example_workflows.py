@@ -70,10 +70,13 @@ def test_examples_use_only_core_and_pack_nodes(comfy_client, stem):
         assert kind in info, f"{stem}: node {node['id']} type {kind} is not registered"
         module = info[kind]["python_module"]
         assert module in ("nodes", "custom_nodes.xnemo") or module.startswith("comfy_extras."), (kind, module)
-        if kind in ("XNeMoLoader", "CLIPVisionLoader", "VAELoader"):
+        assert kind not in ("VAELoader", "VAEDecode"), (
+            f"{stem}: node {node['id']} is core {kind}; the examples use X-NeMo Load VAE (reads the diffusers SVD "
+            f"file) and X-NeMo VAE Decode (the official fixed chunks)")
+        if kind in ("XNeMoLoader", "CLIPVisionLoader", "XNeMoVAELoader"):
             models = node.get("properties", {}).get("models")
             assert models, f"{stem}: {kind} has no properties.models"
-            folders = {"XNeMoLoader": "x-nemo", "CLIPVisionLoader": "clip_vision", "VAELoader": "vae"}
+            folders = {"XNeMoLoader": "x-nemo", "CLIPVisionLoader": "clip_vision", "XNeMoVAELoader": "vae"}
             assert {m["directory"] for m in models} == {folders[kind]}
             assert {m["name"] for m in models} <= set(node["widgets_values"]), "models must name the files selected"
             assert all(m["url"].startswith("https://") for m in models), "the frontend's schema needs a url"
@@ -162,7 +165,7 @@ def _tiny_prompt(stem: str, weights: dict) -> dict:
     overrides = {
         "XNeMoLoader": {**weights["x-nemo"], "weight_dtype": "fp32"},
         "CLIPVisionLoader": {"clip_name": weights["clip_vision"]},
-        "VAELoader": {"vae_name": weights["vae"]},
+        "XNeMoVAELoader": {"vae_name": weights["vae"]},
         "XNeMoReferenceCondition": {"width": GEN_SIZE, "height": GEN_SIZE},
         "XNeMoSampleAnimation": {"steps": STEPS},
     }
