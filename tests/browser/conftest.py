@@ -19,7 +19,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "example_workflows"
 NEWEST_DIR = Path(os.environ.get("XNEMO_NEWEST_FRONTEND") or ROOT / ".tools" / "frontend-newest")
-LOADER_FOLDERS = {"XNeMoLoader": "x-nemo", "CLIPVisionLoader": "clip_vision", "VAELoader": "vae"}
 
 
 @dataclass
@@ -45,13 +44,12 @@ def newest_frontend() -> Frontend:
 
 
 def workflow_model_files() -> dict[str, set[str]]:
-    """Model file names the example workflows select, per model folder."""
-    files: dict[str, set[str]] = {folder: set() for folder in LOADER_FOLDERS.values()}
+    """Model file names the example workflows select, per model folder (from the loaders' `properties.models`)."""
+    files: dict[str, set[str]] = {}
     for path in EXAMPLES.glob("*.json"):
         for node in json.loads(path.read_text(encoding="utf-8"))["nodes"]:
-            folder = LOADER_FOLDERS.get(node["type"])
-            if folder:
-                files[folder] |= {v for v in node.get("widgets_values", []) if isinstance(v, str) and "." in v}
+            for model in node.get("properties", {}).get("models") or []:
+                files.setdefault(model["directory"], set()).add(model["name"])
     return files
 
 

@@ -48,7 +48,7 @@ EXTENSIONS = sorted(set(re.findall(r'name:\s*"(XNeMo\.[A-Za-z]+)"',
                                    "".join(p.read_text() for p in (ROOT / "web" / "js").glob("*.js")))))
 MODES = {"classic": False, "vue": True}  # value of the setting Comfy.VueNodes.Enabled
 RUNS = [("pinned", "classic"), ("newest", "classic"), ("newest", "vue")]  # (frontend, node rendering mode)
-MIN_CHANGED_PIXELS = 40  # pixels our widget's drawing must change in its own screen area (text or curve)
+MIN_CHANGED_PIXELS = 10  # pixels our widget's drawing must change in its own screen area (small text when zoomed out)
 
 READY = "() => window.app?.graph && window.LiteGraph?.registered_node_types?.['XNeMoLoader'] && app.extensions.length"
 FIT_VIEW = """() => {
