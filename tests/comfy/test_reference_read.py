@@ -145,3 +145,15 @@ def test_an_earlier_override_still_runs(setup):
         want = explicit(attn, n, n, n, bank.blocks[KEY].float(), [True, False])
     assert len(seen) == 2  # one call per run of rows (reading, not reading)
     assert (got - want).abs().max().item() < 1e-5
+
+
+def test_single_key_cross_attention_is_its_value(setup):
+    """attn2 on X-NeMo's one CLIP token: the override returns v (softmax over one key is exactly 1)."""
+    attn, bank, unet = setup
+    x, context = torch.randn(3, TOKENS, DIM), torch.randn(3, 1, DIM)
+    state = state_for(bank, unet, [True, True, False])
+    options = {PATCH_KEY: state, "optimized_attention_override": ReferenceAttention()}
+    with torch.no_grad():
+        got = attn(x, context=context, transformer_options=options)
+        want = attn(x, context=context)  # ComfyUI's own attention, no override
+    assert (got - want).abs().max().item() < 1e-6
