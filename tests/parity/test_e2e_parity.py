@@ -2,10 +2,10 @@
 
 The set's CLIP image encoder and SVD VAE are regenerated from its recipe.py into the files users download
 (e2e_weights.py), loaded by ComfyUI's loaders and the pack's nodes, and the chain runs node by node as a user wires it:
-Load X-NeMo, Load CLIP Vision, X-NeMo Load VAE, motion tokens, the reference's CLIP embedding and latent, the bank,
-X-NeMo Sample Animation with the official run's recorded noise, X-NeMo VAE Decode. Every stage the manifest lists is
-compared with its golden within the manifest's own tolerance (`golden.<name>.tolerance`); sizes, frame and step counts
-come from the manifest.
+Load X-NeMo, Load CLIP Vision, X-NeMo Load VAE, X-NeMo Encode Motion (BlazeFace) on the set's driving clip, X-NeMo
+Reference Condition on its portrait, X-NeMo Sample Animation with the official run's recorded noise, X-NeMo VAE Decode.
+Every stage the manifest lists is compared with its golden within the manifest's own tolerance
+(`golden.<name>.tolerance`); sizes, frame and step counts come from the manifest.
 
 Each stage is checked twice where it can be: fed the golden input of the stage (a failure points at that room), and
 as part of the chain (upstream float noise included, compared with the manifest's end-to-end tolerances).
@@ -18,13 +18,16 @@ import re
 import comfy.clip_vision
 import comfy.patcher_extension
 import e2e_weights
+import numpy as np
 import pytest
 import torch
 from parity_utils import frames_first, max_abs
+from xnemo_pack.nodes.motion import XNeMoEncodeMotion
+from xnemo_pack.nodes.reference import XNeMoReferenceCondition
 from xnemo_pack.nodes.sample import XNeMoSampleAnimation
 from xnemo_pack.nodes.vae import XNeMoVAEDecode, XNeMoVAELoader
 from xnemo_pack.xnemo_core.adapters import clip as clip_adapter
-from xnemo_pack.xnemo_core.adapters import reference_bank, sampling, unet_patch
+from xnemo_pack.xnemo_core.adapters import sampling
 from xnemo_pack.xnemo_core.adapters import vae as vae_adapter
 from xnemo_pack.xnemo_core.pure import face_crop
 from xnemo_pack.xnemo_core.pure.constants import LATENT_SCALE
@@ -244,40 +247,85 @@ def test_decode_golden_latents(vae, e2e_golden, e2e_manifest, monkeypatch):
 # The whole chain
 
 
+def driving_frames(e2e_dir, manifest) -> torch.Tensor:
+    """The driving clip as Load Video + Get Video Components give it: IMAGE [F, H, W, 3] (frames checked by md5)."""
+    import hashlib
+
+    import av
+
+    clip = manifest["inputs"]["driving_clip"]
+    with av.open(str(e2e_dir / clip["file"])) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])]
+    assert [hashlib.md5(f.tobytes()).hexdigest() for f in frames] == clip["frame_md5"]
+    return torch.from_numpy(np.stack(frames)).float() / 255.0
+
+
+def portrait(e2e_dir, manifest) -> torch.Tensor:
+    """The reference portrait as Load Image gives it: IMAGE [1, H, W, 3] (file checked by sha256)."""
+    import hashlib
+
+    from PIL import Image
+
+    path = (e2e_dir / manifest["inputs"]["ref_image"]["path"].split()[0]).resolve()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == manifest["inputs"]["ref_image"]["sha256"]
+    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).copy()).float().div(255.0).unsqueeze(0)
+
+
+def as_u8(crops: torch.Tensor) -> torch.Tensor:
+    """Motion-encoder input [N, 3, 224, 224] in [-1, 1] (2 * u8/255 - 1) back to the uint8 crops [N, 224, 224, 3]."""
+    return ((crops.float() + 1) / 2 * 255).round().to(torch.uint8).movedim(1, -1)
+
+
 @pytest.fixture(scope="module")
-def chain(xnemo, clip_vision, vae, e2e_golden, e2e_inputs, e2e_manifest):
-    """Run the graph; record every stage the manifest lists. Until BlazeFace lands, the face crops are the set's
-    stored ones (pre.*); everything after them is this pack's nodes and engine."""
+def chain(xnemo, clip_vision, vae, e2e_dir, e2e_golden, e2e_inputs, e2e_manifest):
+    """Run the graph a user wires (Load Video -> Encode Motion, Load Image -> Reference Condition -> Sample Animation
+    -> X-NeMo VAE Decode) on the set's media, recording every stage the manifest lists on the way (recorders pass
+    values through unchanged)."""
     model, bundle = xnemo
-    golden, s = e2e_golden, e2e_manifest["settings"]
+    s = e2e_manifest["settings"]
     out: dict[str, torch.Tensor] = {}
-    frames = s["frames"]
+    seen: dict[str, list] = {"faces": [], "square": [], "latent": [], "clip": []}
+    mp = pytest.MonkeyPatch()
 
-    # Motion tokens from the driving crops (motion-encoder input 2 * u8/255 - 1) with the official f_rts [0,0,1].
-    def tokens(crops_u8, f_rts):
-        faces = bundle.encode_faces(crops_u8.movedim(-1, 1).float() / 255.0 * 2.0 - 1.0)
-        return bundle.fuse(faces, f_rts)
+    def record(owner, name, key, keep=lambda args, result: result):
+        real = getattr(owner, name)
 
-    f_rts = torch.tensor([[0.0, 0.0, 1.0]]).repeat(frames, 1)
-    out["motenc.drive_tokens"] = tokens(golden["pre.drv_me_input_u8"], f_rts)
-    out["motenc.ref_tokens"] = tokens(golden["pre.ref_me_input_u8"], f_rts[:1])
+        def wrapper(*args, **kwargs):
+            result = real(*args, **kwargs)
+            seen[key].append(keep(args, result))
+            return result
+        mp.setattr(owner, name, wrapper)
 
-    # Reference: CLIP embedding (Load CLIP Vision, sd-image-variations file) and latent (X-NeMo Load VAE).
-    crop = golden["pre.ref_crop_u8"]
-    clip_embed = clip_adapter.clip_image_embedding(clip_vision, crop)
-    pixels = vae_pixels(crop, s["W"], s["H"])
-    ref_latent = vae_adapter.encode_reference(vae, pixels)
-    out["clip.image_embeds"] = clip_embed.reshape(1, -1)
-    out["clip.last_hidden_state"] = clip_vision.encode_image(clip_pixels(crop))["last_hidden_state"]
-    out["pre.clip_input"] = comfy.clip_vision.clip_preprocess(clip_pixels(crop))
+    try:
+        record(bundle, "encode_faces", "faces", lambda args, result: args[0])
+        record(face_crop, "official_reference_crop", "square", lambda args, result: result.pixels)
+        record(vae_adapter, "encode_reference", "latent", lambda args, result: (args[1], result))
+        record(clip_adapter, "clip_image_embedding", "clip")
+        motion, _ = XNeMoEncodeMotion.execute(bundle, driving_frames(e2e_dir, e2e_manifest), "blazeface", 0, "largest",
+                                              1.1, 5.0, "interpolate", "official", float(s["fps"])).args
+        positive, negative, start, crop, _ = XNeMoReferenceCondition.execute(
+            bundle, portrait(e2e_dir, e2e_manifest), clip_vision, vae, motion, s["W"], s["H"], "blazeface", 0,
+            "largest").args
+    finally:
+        mp.undo()
+
+    square = torch.from_numpy(seen["square"][-1].copy())
+    pixels, ref_latent = seen["latent"][-1]
+    out["pre.drv_bbox_raw"] = motion.boxes.to(torch.int64)
+    out["pre.ref_bbox"] = torch.tensor(crop.face_box).to(torch.int64)
+    out["pre.drv_me_input_u8"] = as_u8(seen["faces"][0])
+    out["pre.ref_me_input_u8"] = as_u8(seen["faces"][-1])
+    out["pre.ref_crop_u8"] = square
+    out["pre.clip_input"] = comfy.clip_vision.clip_preprocess(clip_pixels(square))
     out["pre.vae_input"] = (pixels * 2.0 - 1.0).movedim(-1, 1)
+    out["pre.mot_bbox_param"] = motion.f_rts
+    out["motenc.drive_tokens"] = motion.tokens
+    out["motenc.ref_tokens"] = negative[0][1]["model_conds"]["xnemo_motion"].cond[:1]
+    out["clip.image_embeds"] = seen["clip"][-1].reshape(1, -1)
+    out["clip.last_hidden_state"] = clip_vision.encode_image(clip_pixels(square))["last_hidden_state"]
     out["vae.latent_mean"] = vae.encode(pixels)
     out["vae.ref_latent"] = ref_latent
-    bank = reference_bank.compute_reference_bank(bundle.reference, ref_latent, clip_embed)
-    positive, negative = unet_patch.xnemo_conditioning(clip_embed, bank, out["motenc.drive_tokens"],
-                                                       out["motenc.ref_tokens"])
-    blurred = sampling.blurred_reference(ref_latent, frames)
-    out["sample.blurred_ref"] = blurred
+    out["sample.blurred_ref"] = start["samples"] * LATENT_SCALE
 
     # X-NeMo Sample Animation, with the official run's noise and a recorder of every step and UNet call.
     unet_rows: list[torch.Tensor] = []
@@ -305,7 +353,7 @@ def chain(xnemo, clip_vision, vae, e2e_golden, e2e_inputs, e2e_manifest):
     try:
         mp.setattr(sampling, "sample_animation", sample_with_recorded_noise)
         latent = XNeMoSampleAnimation.execute(
-            recorded, positive, negative, {"samples": blurred / LATENT_SCALE}, s["seed"], s["steps"],
+            recorded, positive, negative, start, s["seed"], s["steps"],
             s["guidance_scale"], sampling.DEFAULT, sampling.DEFAULT, 1.0, s["context_frames"], s["context_overlap"],
             True, "seeded").args[0]["samples"]
         images, raw = decode_node(vae, latent, s["decode"]["decode_chunk_size"], mp)
@@ -327,7 +375,6 @@ def chain(xnemo, clip_vision, vae, e2e_golden, e2e_inputs, e2e_manifest):
     out["decode.vae_out"] = raw
     out["decode.frames_float"] = images.movedim(-1, 1)
     out["decode.frames_u8"] = frames_u8(images)
-    out["pre.mot_bbox_param"] = f_rts
     return out
 
 
@@ -338,12 +385,16 @@ def golden_layout(name: str, tensor: torch.Tensor) -> torch.Tensor:
     return frames_first(tensor) if tensor.ndim == 5 else tensor
 
 
-STAGES = ("pre.clip_input", "pre.vae_input", "pre.mot_bbox_param", "clip.", "vae.", "motenc.", "sample.", "decode.")
+STAGES = ("pre.", "clip.", "vae.", "motenc.", "sample.", "decode.")
+# Inner geometry of the official crops: not outputs of any node here; tests/parity/test_preprocess_parity.py checks
+# each of them against the official recording (issue 11). Their results (boxes, crops) are compared above.
+INNER_GEOMETRY = {"pre.drv_det_score", "pre.drv_fix_length", "pre.drv_center_smoothed", "pre.drv_crop_box_int",
+                  "pre.ref_pose_box_int", "pre.ref_crop_box_padded"}
 
 
 def test_chain_covers_every_listed_stage(chain, e2e_manifest):
-    # Face detection and crop geometry (pre.* boxes and crops) are fed from the set until BlazeFace is wired in.
-    missing = [n for n in e2e_manifest["golden"] if n.startswith(STAGES) and n not in chain]
+    missing = [n for n in e2e_manifest["golden"]
+               if n.startswith(STAGES) and n not in chain and n not in INNER_GEOMETRY]
     assert not missing, f"stages not compared: {missing}"
 
 
