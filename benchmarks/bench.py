@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COMFYUI_DIR = Path(os.environ.get("COMFYUI_DIR") or ROOT / ".comfyui").resolve()
 FIXTURE_DIR = Path(os.environ.get("XNEMO_FIXTURE_DIR") or ROOT.parent / "shared" / "fixtures" / "xnemo_tiny").resolve()
 ROLES = ("denoising_unet", "reference_unet", "motion_encoder", "temporal_module")
-MiB = 1024 ** 2
+MiB = 1024**2
 COMFY_ATTENTION: list[str] = []
 
 # Issue 7's figures for the official pipeline (45 frames, 3 windows, 5 steps, tiny weights, 2 CPU threads).
@@ -47,6 +47,7 @@ OFFICIAL_MOTION_SHARE = 0.67
 # Set-up: ComfyUI in-process, the pack as `xnemo_pack` (as tests/conftest.py does)
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def setup(force_cpu: bool) -> None:
     for path in (COMFYUI_DIR, ROOT / "scripts"):
         if str(path) not in sys.path:
@@ -57,8 +58,9 @@ def setup(force_cpu: bool) -> None:
     if force_cpu or not torch.cuda.is_available():
         args.cpu = True
     if "xnemo_pack" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("xnemo_pack", ROOT / "__init__.py",
-                                                      submodule_search_locations=[str(ROOT)])
+        spec = importlib.util.spec_from_file_location(
+            "xnemo_pack", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
+        )
         module = importlib.util.module_from_spec(spec)
         sys.modules["xnemo_pack"] = module
         spec.loader.exec_module(module)
@@ -71,6 +73,7 @@ def out(line: str = "") -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # Memory
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def _status_kib(field: str) -> int | None:
     try:
@@ -129,7 +132,11 @@ class Peak:
             self.cuda_peak = self.torch.cuda.max_memory_allocated()
             self.cuda_delta = self.cuda_peak - self.cuda_base
         hwm = _status_kib("VmHWM")
-        peak = hwm * 1024 if (hwm is not None and self.exact) else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = (
+            hwm * 1024
+            if (hwm is not None and self.exact)
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        )
         self.rss_delta = max(0, peak - self.base)
         return False
 
@@ -146,12 +153,20 @@ class Peak:
 # Weights
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def sd15_shape():
     from xnemo_pack.xnemo_core.adapters import checkpoint as ckpt
 
     # The official denoising/reference UNet: sd-image-variations (SD1.5 topology), 320 x (1, 2, 4, 4), 2 res blocks.
-    return ckpt.UNetShape(model_channels=320, channel_mult=(1, 2, 4, 4), num_res_blocks=2, context_dim=768,
-                          in_channels=4, attention_levels=(True, True, True, False), has_output=True)
+    return ckpt.UNetShape(
+        model_channels=320,
+        channel_mult=(1, 2, 4, 4),
+        num_res_blocks=2,
+        context_dim=768,
+        in_channels=4,
+        attention_levels=(True, True, True, False),
+        has_output=True,
+    )
 
 
 def site_channels(shape) -> list[int]:
@@ -165,6 +180,7 @@ def count_full_size_parameters() -> dict[str, int]:
     import comfy.ops
     import torch
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
     from xnemo_pack.xnemo_core.pure.layers import XNeMoSites
     from xnemo_pack.xnemo_core.pure.motion_encoder import MotionEncoder
 
@@ -179,8 +195,13 @@ def count_full_size_parameters() -> dict[str, int]:
         encoder = MotionEncoder()
     motion = sum(p.numel() for s in sites.sites for p in s.motion.parameters())
     temporal = sum(p.numel() for s in sites.sites for p in s.temporal.parameters())
-    return {"unet_2d": n(unet), "motion_sites": motion, "temporal_sites": temporal,
-            "reference_unet": n(unet, ("out.",)), "motion_encoder": n(encoder)}
+    return {
+        "unet_2d": n(unet),
+        "motion_sites": motion,
+        "temporal_sites": temporal,
+        "reference_unet": n(unet, ("out.",)),
+        "motion_encoder": n(encoder),
+    }
 
 
 def write_full_size_xnemo(folder: Path, seed: int = 0) -> None:
@@ -189,6 +210,7 @@ def write_full_size_xnemo(folder: Path, seed: int = 0) -> None:
     import make_tiny_weights as demo_weights
     import safetensors.torch
     import torch
+
     from xnemo_pack.xnemo_core.pure.constants import CHECKPOINT_FILES
     from xnemo_pack.xnemo_core.pure.motion_encoder import MotionEncoder
 
@@ -205,15 +227,18 @@ def write_full_size_xnemo(folder: Path, seed: int = 0) -> None:
     del reference
     with torch.random.fork_rng():
         torch.manual_seed(seed + 1)
-        files["motion_encoder"] = MotionEncoder().state_dict()   # official 8 heads x 128
+        files["motion_encoder"] = MotionEncoder().state_dict()  # official 8 heads x 128
     for role, sd in files.items():
-        half = {k: (v.half() if v.is_floating_point() and not k.endswith("pe") else v).contiguous() for k, v in sd.items()}
+        half = {
+            k: (v.half() if v.is_floating_point() and not k.endswith("pe") else v).contiguous() for k, v in sd.items()
+        }
         safetensors.torch.save_file(half, str(folder / f"{CHECKPOINT_FILES[role]}.safetensors"))
     out(f"wrote full-size random weights to {folder} in {time.perf_counter() - t0:.0f} s")
 
 
 def weight_files(args) -> tuple[list[str], str]:
     import make_tiny_weights as demo_weights
+
     from xnemo_pack.xnemo_core.pure.constants import CHECKPOINT_FILES
 
     if args.full_size:
@@ -228,12 +253,15 @@ def weight_files(args) -> tuple[list[str], str]:
         return [str(p) for p in paths], f"tiny fixture {fixture}"
     folder = Path(tempfile.gettempdir()) / "xnemo_tiny_random"
     names = demo_weights.write_tiny_xnemo(folder)
-    return [str(folder / names[r]) for r in ROLES], f"tiny random weights from demo_weights in {folder} (fixture absent)"
+    return [
+        str(folder / names[r]) for r in ROLES
+    ], f"tiny random weights from demo_weights in {folder} (fixture absent)"
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # The bench
 # ---------------------------------------------------------------------------------------------------------------
+
 
 class UNetCalls:
     """DIFFUSION_MODEL wrapper counting UNet calls and the rows (latent frames) each call carries."""
@@ -257,6 +285,7 @@ class UNetCalls:
 def attention_backend(name: str):
     """Swap the attention function the UNet (comfy) and the X-NeMo sites use; 'comfy' keeps ComfyUI's choice."""
     import comfy.ldm.modules.attention as attention
+
     from xnemo_pack.xnemo_core.adapters import unet_patch
 
     saved = (attention.optimized_attention, unet_patch.optimized_attention)
@@ -275,6 +304,7 @@ class Bench:
         import comfy.model_management as mm
         import comfy.patcher_extension
         import torch
+
         from xnemo_pack.xnemo_core.adapters import model as xmodel
 
         self.args, self.torch, self.mm = args, torch, mm
@@ -349,8 +379,9 @@ class Bench:
         from xnemo_pack.xnemo_core.adapters import sampling
 
         positive, negative, start = self.conditioning(px, frames, shared_bank)
-        settings = sampling.SampleSettings(steps=steps, seed=0, context_length=self.args.context_length,
-                                           context_overlap=self.args.context_overlap)
+        settings = sampling.SampleSettings(
+            steps=steps, seed=0, context_length=self.args.context_length, context_overlap=self.args.context_overlap
+        )
         stamps, window_stamps = [], []
 
         def callback(i, x0, x, total):
@@ -365,8 +396,9 @@ class Bench:
         with Peak(self.torch, self.device) as peak:
             self.sync()
             t0 = time.perf_counter()
-            latents = sampling.sample_animation(self.model, positive, negative, start, settings, callback=callback,
-                                                   on_window=on_window)
+            latents = sampling.sample_animation(
+                self.model, positive, negative, start, settings, callback=callback, on_window=on_window
+            )
             self.sync()
             total = time.perf_counter() - t0
         steps_s = [b - a for a, b in zip([t0] + stamps, stamps)]
@@ -375,20 +407,35 @@ class Bench:
         windows_s = [w - max(t for t in starts if t < w) for w in window_stamps]
         windows = len(sampling.context_windows(frames, settings.context_length, settings.context_overlap))
         del latents
-        return dict(steps=steps_s, windows_s=windows_s, total=total, peak=peak, calls=self.counter.calls, rows=list(self.counter.rows),
-                    windows=windows)
+        return dict(
+            steps=steps_s,
+            windows_s=windows_s,
+            total=total,
+            peak=peak,
+            calls=self.counter.calls,
+            rows=list(self.counter.rows),
+            windows=windows,
+        )
 
     def sample_repeated(self, px, frames, steps, repeat, **kw) -> dict:
         runs = [self.sample(px, frames, steps, **kw) for _ in range(repeat)]
         all_steps = [s for r in runs for s in r["steps"]]
         all_windows = [s for r in runs for s in r["windows_s"]]
-        return dict(runs=runs, step_min=min(all_steps), step_median=statistics.median(all_steps),
-                    window_min=min(all_windows), window_median=statistics.median(all_windows),
-                    window_count=len(all_windows),
-                    total_min=min(r["total"] for r in runs), peak_max=max(r["peak"].rss_delta for r in runs),
-                    cuda_peak=max((r["peak"].cuda_peak or 0) for r in runs),
-                    cuda_delta=max((r["peak"].cuda_delta or 0) for r in runs),
-                    windows=runs[0]["windows"], calls=runs[0]["calls"], rows=runs[0]["rows"])
+        return dict(
+            runs=runs,
+            step_min=min(all_steps),
+            step_median=statistics.median(all_steps),
+            window_min=min(all_windows),
+            window_median=statistics.median(all_windows),
+            window_count=len(all_windows),
+            total_min=min(r["total"] for r in runs),
+            peak_max=max(r["peak"].rss_delta for r in runs),
+            cuda_peak=max((r["peak"].cuda_peak or 0) for r in runs),
+            cuda_delta=max((r["peak"].cuda_delta or 0) for r in runs),
+            windows=runs[0]["windows"],
+            calls=runs[0]["calls"],
+            rows=runs[0]["rows"],
+        )
 
     def motion_encoder_seconds(self, frames: int, repeat: int) -> float:
         crops = self.crops[self.torch.arange(frames) % self.crops.shape[0]]
@@ -396,12 +443,13 @@ class Bench:
         return best
 
     def latent_bytes(self, px: int, frames: int) -> int:
-        return frames * 4 * (px // 8) ** 2 * 4   # the sampled latent, float32
+        return frames * 4 * (px // 8) ** 2 * 4  # the sampled latent, float32
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Sections
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def machine_info(args, bench) -> None:
     import torch
@@ -415,35 +463,51 @@ def machine_info(args, bench) -> None:
     out("=" * 100)
     out(f"X-NeMo for ComfyUI benchmark, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     out(f"command: {' '.join(sys.argv)}")
-    out(f"machine: {platform.platform()}; CPU {cpu}, {os.cpu_count()} logical CPUs; torch threads "
-        f"{torch.get_num_threads()}; load average {', '.join(f'{v:.1f}' for v in os.getloadavg())}")
+    out(
+        f"machine: {platform.platform()}; CPU {cpu}, {os.cpu_count()} logical CPUs; torch threads "
+        f"{torch.get_num_threads()}; load average {', '.join(f'{v:.1f}' for v in os.getloadavg())}"
+    )
     out(f"python {platform.python_version()}, torch {torch.__version__}, ComfyUI at {COMFYUI_DIR}")
     if bench.device.type == "cuda":
         p = torch.cuda.get_device_properties(bench.device)
-        out(f"GPU: {p.name}, {p.total_memory / 1024 ** 3:.1f} GiB, CUDA {torch.version.cuda}")
-    out(f"device {bench.device}; weights: {bench.weights_desc}; weight dtype {args.weight_dtype} -> "
-        f"{bench.xnemo.precision.weight} (compute {bench.xnemo.precision.compute}); loaded in {bench.load_s:.1f} s")
-    out(f"attention: ComfyUI picked {COMFY_ATTENTION[0]}; this run uses "
+        out(f"GPU: {p.name}, {p.total_memory / 1024**3:.1f} GiB, CUDA {torch.version.cuda}")
+    out(
+        f"device {bench.device}; weights: {bench.weights_desc}; weight dtype {args.weight_dtype} -> "
+        f"{bench.xnemo.precision.weight} (compute {bench.xnemo.precision.compute}); loaded in {bench.load_s:.1f} s"
+    )
+    out(
+        f"attention: ComfyUI picked {COMFY_ATTENTION[0]}; this run uses "
         f"{'that' if args.attention == 'comfy' else 'attention_' + args.attention}; torch.compile "
-        f"{'on (inductor)' if args.compile else 'off'}")
-    out(f"windows: context_length {args.context_length}, overlap {args.context_overlap}, closed loop; "
-        f"timings are the minimum of >= {args.repeat} runs (per step: min and median over all steps of all runs)")
+        f"{'on (inductor)' if args.compile else 'off'}"
+    )
+    out(
+        f"windows: context_length {args.context_length}, overlap {args.context_overlap}, closed loop; "
+        f"timings are the minimum of >= {args.repeat} runs (per step: min and median over all steps of all runs)"
+    )
     out("=" * 100)
 
 
 def section_resolution_and_frames(args, bench) -> None:
     out("\n## Frame and resolution sweep (sampling: motion tokens and reference bank are ready-made inputs)")
-    out("frames and px: clip length and image size (latent = px/8); s/step: min / median wall time of one denoising "
+    out(
+        "frames and px: clip length and image size (latent = px/8); s/step: min / median wall time of one denoising "
         "step; s/window: min / median wall time of one window (UNet call incl. CFG rows), the contention-robust "
         "figure; fps: frames per second end to end for the steps run, and projected to "
-        f"{args.project_steps} steps from the min s/window (+ motion encoder measured per frame + reference bank); memory: "
-        "peak RSS over the process's RSS at the start of the run.")
+        f"{args.project_steps} steps from the min s/window (+ motion encoder measured per frame + reference bank); "
+        "memory: "
+        "peak RSS over the process's RSS at the start of the run."
+    )
     mot_per_frame = bench.motion_encoder_seconds(args.motion_batch, args.repeat) / args.motion_batch
-    out(f"motion encoder: {mot_per_frame:.3f} s/frame (batch {args.motion_batch}, min of {args.repeat}); "
-        f"encoded once per clip, so its cost is frames x that, whatever the steps and windows")
-    header = (f"{'px':>4} {'frames':>6} {'steps':>5} {'win/step':>8} {'UNet calls':>10} {'rows/call':>9} "
-              f"{'runs':>4} {'s/step min':>10} {'median':>7} {'s/window min':>12} {'median':>7} {'fps(run)':>9} {f'fps({args.project_steps} st)':>11} "
-              f"{'peak mem':>20} {'latent':>9} {'mem/latent':>10}")
+    out(
+        f"motion encoder: {mot_per_frame:.3f} s/frame (batch {args.motion_batch}, min of {args.repeat}); "
+        f"encoded once per clip, so its cost is frames x that, whatever the steps and windows"
+    )
+    header = (
+        f"{'px':>4} {'frames':>6} {'steps':>5} {'win/step':>8} {'UNet calls':>10} {'rows/call':>9} "
+        f"{'runs':>4} {'s/step min':>10} {'median':>7} {'s/window min':>12} {'median':>7} {'fps(run)':>9} "
+        f"{f'fps({args.project_steps} st)':>11} "
+        f"{'peak mem':>20} {'latent':>9} {'mem/latent':>10}"
+    )
     out(header)
     rows = []
     configs = [(px, args.frames[0]) for px in args.sizes] + [(args.sizes[0], f) for f in args.frames[1:]]
@@ -452,41 +516,66 @@ def section_resolution_and_frames(args, bench) -> None:
         steps = args.long_steps if long else args.steps
         repeat = args.long_repeat if frames >= args.long_threshold else args.repeat
         bench.reference_inputs(px)
-        bank_s, _ = bench.timed(lambda: bench.fresh_bank(px), args.repeat)
+        bank_s, _ = bench.timed(lambda px=px: bench.fresh_bank(px), args.repeat)
         r = bench.sample_repeated(px, frames, steps, repeat)
         once = frames * mot_per_frame + bank_s
         fps_run = frames / (r["total_min"] + once)
         fps_proj = frames / (args.project_steps * r["windows"] * r["window_min"] + once)
         mem = r["cuda_peak"] if bench.device.type == "cuda" else r["peak_max"]
-        mem_text = (f"{r['cuda_peak'] / MiB:.0f} MiB CUDA" if bench.device.type == "cuda"
-                    else f"+{r['peak_max'] / MiB:.1f} MiB RSS")
+        mem_text = (
+            f"{r['cuda_peak'] / MiB:.0f} MiB CUDA"
+            if bench.device.type == "cuda"
+            else f"+{r['peak_max'] / MiB:.1f} MiB RSS"
+        )
         lat = bench.latent_bytes(px, frames)
-        rows.append(dict(px=px, frames=frames, steps=steps, windows=r["windows"], step_min=r["step_min"],
-                         window_min=r["window_min"],
-                         step_median=r["step_median"], fps_run=fps_run, fps_proj=fps_proj, mem=mem, latent=lat,
-                         calls=r["calls"], rows=r["rows"]))
-        out(f"{px:>4} {frames:>6} {steps:>5} {r['windows']:>8} {r['calls']:>10} {max(r['rows']):>9} "
+        rows.append(
+            dict(
+                px=px,
+                frames=frames,
+                steps=steps,
+                windows=r["windows"],
+                step_min=r["step_min"],
+                window_min=r["window_min"],
+                step_median=r["step_median"],
+                fps_run=fps_run,
+                fps_proj=fps_proj,
+                mem=mem,
+                latent=lat,
+                calls=r["calls"],
+                rows=r["rows"],
+            )
+        )
+        out(
+            f"{px:>4} {frames:>6} {steps:>5} {r['windows']:>8} {r['calls']:>10} {max(r['rows']):>9} "
             f"{repeat:>4} {r['step_min']:>10.2f} {r['step_median']:>7.2f} {r['window_min']:>12.2f} "
             f"{r['window_median']:>7.2f} {fps_run:>9.3f} "
-            f"{fps_proj:>11.4f} {mem_text:>20} {lat / MiB:>7.2f}Mi {mem / max(lat, 1):>10.1f}")
+            f"{fps_proj:>11.4f} {mem_text:>20} {lat / MiB:>7.2f}Mi {mem / max(lat, 1):>10.1f}"
+        )
     frame_rows = [r for r in rows if r["px"] == args.sizes[0]]
     if len(frame_rows) >= 2:
         a, b = frame_rows[0], frame_rows[-1]
         grow_mem, grow_lat = b["mem"] - a["mem"], b["latent"] - a["latent"]
-        out(f"\nmemory vs frames at {a['px']} px: {a['frames']} -> {b['frames']} frames: peak "
+        out(
+            f"\nmemory vs frames at {a['px']} px: {a['frames']} -> {b['frames']} frames: peak "
             f"{a['mem'] / MiB:.1f} -> {b['mem'] / MiB:.1f} MiB ({grow_mem / MiB:+.1f} MiB) while the latent grows by "
-            f"{grow_lat / MiB:.2f} MiB ({grow_mem / max(grow_lat, 1):.1f} x the latent growth)")
-        out("time vs frames (min s/window; a step costs windows x this): " + ", ".join(
-            f"{r['frames']} frames {r['window_min']:.2f}" for r in frame_rows))
+            f"{grow_lat / MiB:.2f} MiB ({grow_mem / max(grow_lat, 1):.1f} x the latent growth)"
+        )
+        out(
+            "time vs frames (min s/window; a step costs windows x this): "
+            + ", ".join(f"{r['frames']} frames {r['window_min']:.2f}" for r in frame_rows)
+        )
     if len(args.sizes) >= 2:
         r0, r1 = rows[0], rows[1]
-        out(f"resolution: {r0['px']} -> {r1['px']} px ({(r1['px'] / r0['px']) ** 2:.2f}x pixels): s/step x"
-            f"{r1['step_min'] / r0['step_min']:.1f}, peak memory x{r1['mem'] / max(r0['mem'], 1):.1f}")
+        out(
+            f"resolution: {r0['px']} -> {r1['px']} px ({(r1['px'] / r0['px']) ** 2:.2f}x pixels): s/step x"
+            f"{r1['step_min'] / r0['step_min']:.1f}, peak memory x{r1['mem'] / max(r0['mem'], 1):.1f}"
+        )
 
 
 def section_window_overhead(args, bench) -> None:
     """The windowing bookkeeping alone (cond slicing, index_add, counts) with a stub UNet: must not grow per frame."""
     import comfy.conds
+
     from xnemo_pack.xnemo_core.adapters import sampling
 
     torch = bench.torch
@@ -494,11 +583,15 @@ def section_window_overhead(args, bench) -> None:
 
     def conds(frames):
         def one():
-            return {"model_conds": {
-                "xnemo_motion": comfy.conds.CONDRegular(torch.randn(frames, 32, 16)),
-                "xnemo_ref": comfy.conds.CONDRegular(torch.ones(frames, 1)),
-                "xnemo_bank": comfy.conds.CONDConstant(object()),
-                "c_crossattn": comfy.conds.CONDCrossAttn(torch.randn(1, 1, 768))}}
+            return {
+                "model_conds": {
+                    "xnemo_motion": comfy.conds.CONDRegular(torch.randn(frames, 32, 16)),
+                    "xnemo_ref": comfy.conds.CONDRegular(torch.ones(frames, 1)),
+                    "xnemo_bank": comfy.conds.CONDConstant(object()),
+                    "c_crossattn": comfy.conds.CONDCrossAttn(torch.randn(1, 1, 768)),
+                }
+            }
+
         return [[one()], [one()]]
 
     def stub(model, c, x, t, options):
@@ -508,8 +601,9 @@ def section_window_overhead(args, bench) -> None:
     for frames in args.frames:
         best = float("inf")
         for _ in range(max(args.repeat, 3)):
-            plan = sampling.WindowPlan(length=args.context_length, overlap=args.context_overlap, closed_loop=True,
-                                       offsets=[5])
+            plan = sampling.WindowPlan(
+                length=args.context_length, overlap=args.context_overlap, closed_loop=True, offsets=[5]
+            )
             x = torch.randn(frames, 4, px // 8, px // 8)
             t = torch.full((frames,), 10.0)
             c = conds(frames)
@@ -525,8 +619,10 @@ def section_official_schedule(args, bench) -> None:
     frames, steps, px = 45, 5, 128
     run_steps = min(steps, args.official_run_steps)
     windows = len(sampling.context_windows(frames, args.context_length, args.context_overlap))
-    out(f"\n## Official schedule comparison (issue 7 reference: {frames} frames, {windows} windows, {steps} steps, "
-        f"{px} px, tiny weights, {bench.torch.get_num_threads()} threads)")
+    out(
+        f"\n## Official schedule comparison (issue 7 reference: {frames} frames, {windows} windows, {steps} steps, "
+        f"{px} px, tiny weights, {bench.torch.get_num_threads()} threads)"
+    )
     enc24 = bench.motion_encoder_seconds(args.context_length, args.repeat)
     enc_clip = bench.motion_encoder_seconds(frames, args.repeat)
     enc_ref = bench.motion_encoder_seconds(1, args.repeat)
@@ -534,22 +630,32 @@ def section_official_schedule(args, bench) -> None:
     step = windows * r["window_min"]
     official_enc = windows * steps * enc24 + enc_ref
     ours_enc = enc_clip + enc_ref
-    out(f"motion encoder: {args.context_length} frames {enc24:.2f} s, {frames} frames {enc_clip:.2f} s, "
-        f"1 frame (reference) {enc_ref:.2f} s (min of {args.repeat})")
-    out(f"per-window recomputation (official): {windows} windows x {steps} steps x {enc24:.2f} s = "
-        f"{official_enc:.1f} s of motion encoder for the clip ({windows * enc24:.2f} s per step)")
-    out(f"once per clip (ours): {ours_enc:.2f} s for the clip ({ours_enc / steps:.2f} s per step over {steps} steps); "
-        f"saving {official_enc - ours_enc:.1f} s, {official_enc / ours_enc:.1f}x less motion-encoder time")
-    out(f"our denoising step ({frames} frames, {windows} windows, {run_steps} steps run): {step:.2f} s "
+    out(
+        f"motion encoder: {args.context_length} frames {enc24:.2f} s, {frames} frames {enc_clip:.2f} s, "
+        f"1 frame (reference) {enc_ref:.2f} s (min of {args.repeat})"
+    )
+    out(
+        f"per-window recomputation (official): {windows} windows x {steps} steps x {enc24:.2f} s = "
+        f"{official_enc:.1f} s of motion encoder for the clip ({windows * enc24:.2f} s per step)"
+    )
+    out(
+        f"once per clip (ours): {ours_enc:.2f} s for the clip ({ours_enc / steps:.2f} s per step over {steps} steps); "
+        f"saving {official_enc - ours_enc:.1f} s, {official_enc / ours_enc:.1f}x less motion-encoder time"
+    )
+    out(
+        f"our denoising step ({frames} frames, {windows} windows, {run_steps} steps run): {step:.2f} s "
         f"(= {windows} x min {r['window_min']:.2f} s/window; measured steps min {r['step_min']:.2f} s, median "
-        f"{r['step_median']:.2f} s); {r['calls'] // run_steps} UNet calls per step of {max(r['rows'])} rows")
+        f"{r['step_median']:.2f} s); {r['calls'] // run_steps} UNet calls per step of {max(r['rows'])} rows"
+    )
     ours_total = steps * step + ours_enc
     official_like = steps * (step + windows * enc24) + enc_ref
-    out(f"clip: ours {ours_total:.1f} s vs ours with per-window motion encoder {official_like:.1f} s "
+    out(
+        f"clip: ours {ours_total:.1f} s vs ours with per-window motion encoder {official_like:.1f} s "
         f"({official_like / ours_total:.2f}x); motion-encoder share of a step if recomputed: "
         f"{windows * enc24 / (step + windows * enc24):.0%} (issue: official {OFFICIAL_S_PER_STEP} s/step, "
         f"{OFFICIAL_MOTION_SHARE:.0%} motion encoder -> {OFFICIAL_S_PER_STEP * (1 - OFFICIAL_MOTION_SHARE):.1f} s "
-        f"UNet + {OFFICIAL_S_PER_STEP * OFFICIAL_MOTION_SHARE:.1f} s encoder per step)")
+        f"UNet + {OFFICIAL_S_PER_STEP * OFFICIAL_MOTION_SHARE:.1f} s encoder per step)"
+    )
 
 
 def section_fast_paths(args, bench) -> None:
@@ -561,19 +667,27 @@ def section_fast_paths(args, bench) -> None:
     # Reference bank: once per run, one row.
     latent, clip, bank = bench.reference_inputs(px)
     one, _ = bench.timed(lambda: reference.compute_reference_bank(bench.xnemo.reference, latent, clip), args.repeat)
-    two, _ = bench.timed(lambda: reference.run_reference_unet(bench.xnemo.reference, latent.expand(2, -1, -1, -1),
-                                                               clip.expand(2, -1, -1)), args.repeat)
+    two, _ = bench.timed(
+        lambda: reference.run_reference_unet(
+            bench.xnemo.reference, latent.expand(2, -1, -1, -1), clip.expand(2, -1, -1)
+        ),
+        args.repeat,
+    )
     bank_bytes = sum(t.numel() * t.element_size() for t in bank.blocks.values())
-    out(f"reference bank: {one:.2f} s once per run (1 row; the official CFG-batched pass runs 2 rows: {two:.2f} s); "
+    out(
+        f"reference bank: {one:.2f} s once per run (1 row; the official CFG-batched pass runs 2 rows: {two:.2f} s); "
         f"{len(bank.blocks)} entries, {bank_bytes / MiB:.2f} MiB fp16 kept on the CPU. Recomputing it per window "
-        f"and step would add {one:.2f} s x windows x steps (e.g. {one * 12 * 35:.0f} s for 240 frames, 35 steps)")
+        f"and step would add {one:.2f} s x windows x steps (e.g. {one * 12 * 35:.0f} s for 240 frames, 35 steps)"
+    )
 
     # CFG rows batched.
     base = bench.sample_repeated(px, frames, 1, args.repeat)
     split = bench.sample_repeated(px, frames, 1, args.repeat, shared_bank=False)
-    out(f"CFG batching: shared bank -> {base['calls']} UNet call(s) per window, rows {base['rows']}, "
+    out(
+        f"CFG batching: shared bank -> {base['calls']} UNet call(s) per window, rows {base['rows']}, "
         f"{base['step_min']:.2f} s/step; separate banks (rows cannot batch) -> {split['calls']} calls, rows "
-        f"{split['rows']}, {split['step_min']:.2f} s/step ({split['step_min'] / base['step_min']:.2f}x)")
+        f"{split['rows']}, {split['step_min']:.2f} s/step ({split['step_min'] / base['step_min']:.2f}x)"
+    )
 
     # Attention backend.
     if not args.skip_attention:
@@ -581,22 +695,29 @@ def section_fast_paths(args, bench) -> None:
 
         names = [n for n in args.attention_backends if hasattr(attention, f"attention_{n}")]
         runs = {n: [] for n in names}
-        for _ in range(max(args.repeat, 2)):   # interleaved, so a burst of contention hits every backend alike
+        for _ in range(max(args.repeat, 2)):  # interleaved, so a burst of contention hits every backend alike
             for name in names:
                 with attention_backend(name):
                     runs[name].append(bench.sample(px, frames, 1))
         best = {n: min(r["total"] for r in rs) for n, rs in runs.items()}
-        peak = {n: max((r["peak"].cuda_peak if bench.device.type == "cuda" else r["peak"].rss_delta) for r in rs)
-                for n, rs in runs.items()}
+        peak = {
+            n: max((r["peak"].cuda_peak if bench.device.type == "cuda" else r["peak"].rss_delta) for r in rs)
+            for n, rs in runs.items()
+        }
         ref = best.get("pytorch", best[names[0]])
-        out("attention (UNet attn1/attn2 and the 42 X-NeMo site attentions; runs interleaved, min of "
-            f"{max(args.repeat, 2)}): " + "; ".join(
+        out(
+            "attention (UNet attn1/attn2 and the 42 X-NeMo site attentions; runs interleaved, min of "
+            f"{max(args.repeat, 2)}): "
+            + "; ".join(
                 f"{n} {best[n]:.2f} s/step ({best[n] / ref:.2f}x, all runs "
-                f"{', '.join('%.1f' % r['total'] for r in runs[n])}), {peak[n] / MiB:.0f} MiB peak" for n in names))
+                f"{', '.join(format(r['total'], '.1f') for r in runs[n])}), {peak[n] / MiB:.0f} MiB peak"
+                for n in names
+            )
+        )
 
 
 def section_motion_encoder_memory(args, bench) -> None:
-    out("\n## Motion encoder (once per clip, batches of %d crops)" % args.motion_batch)
+    out(f"\n## Motion encoder (once per clip, batches of {args.motion_batch} crops)")
     for frames in (args.motion_batch, 2 * args.motion_batch):
         with Peak(bench.torch, bench.device) as peak:
             s = bench.motion_encoder_seconds(frames, 1)
@@ -619,11 +740,14 @@ def section_vae(args, bench) -> None:
         bench.mm.load_models_gpu([vae.patcher], memory_required=used)
         chunk = max(1, int(bench.mm.get_free_memory(vae.device) / used))
         with Peak(bench.torch, bench.device) as peak:
-            s, images = bench.timed(lambda: vae.decode(latent), args.repeat)
+            s, images = bench.timed(lambda latent=latent: vae.decode(latent), args.repeat)
         image_bytes = images.numel() * images.element_size()
-        out(f"{px} px x {frames} frames: {s:.2f} s ({frames / s:.2f} frames/s), {peak.text()}; ComfyUI's chunk "
-            f"{min(chunk, frames)} frames (estimate {used / MiB:.0f} MiB for all, free {bench.mm.get_free_memory(vae.device) / MiB:.0f} MiB); "
-            f"decoded IMAGE {image_bytes / MiB:.1f} MiB ({image_bytes / frames / MiB:.2f} MiB/frame, float32 on CPU)")
+        out(
+            f"{px} px x {frames} frames: {s:.2f} s ({frames / s:.2f} frames/s), {peak.text()}; ComfyUI's chunk "
+            f"{min(chunk, frames)} frames (estimate {used / MiB:.0f} MiB for all, "
+            f"free {bench.mm.get_free_memory(vae.device) / MiB:.0f} MiB); "
+            f"decoded IMAGE {image_bytes / MiB:.1f} MiB ({image_bytes / frames / MiB:.2f} MiB/frame, float32 on CPU)"
+        )
         del images
 
 
@@ -631,15 +755,21 @@ def section_dtypes(args, bench_factory) -> None:
     out("\n## Weight dtype (Load X-NeMo weight_dtype)")
     for dtype in args.dtypes:
         b = bench_factory(dtype)
-        params = sum(p.numel() * p.element_size() for pt in (b.model, b.xnemo.reference, b.xnemo.motion)
-                     for p in pt.model.parameters())
+        params = sum(
+            p.numel() * p.element_size()
+            for pt in (b.model, b.xnemo.reference, b.xnemo.motion)
+            for p in pt.model.parameters()
+        )
         sites = b.model.get_additional_models_with_key("xnemo")[0].model
         params += sum(p.numel() * p.element_size() for p in sites.parameters())
         r = b.sample_repeated(b.args.sizes[0], b.args.context_length, 1, b.args.repeat)
         mem = r["cuda_peak"] if b.device.type == "cuda" else r["peak_max"]
-        out(f"{dtype}: stored {b.xnemo.precision.weight}, compute {b.xnemo.precision.compute}; weights "
-            f"{params / MiB:.1f} MiB; {r['step_min']:.2f} s/step ({b.args.context_length} frames, {b.args.sizes[0]} px); "
-            f"peak {mem / MiB:.0f} MiB")
+        out(
+            f"{dtype}: stored {b.xnemo.precision.weight}, compute {b.xnemo.precision.compute}; weights "
+            f"{params / MiB:.1f} MiB; {r['step_min']:.2f} s/step "
+            f"({b.args.context_length} frames, {b.args.sizes[0]} px); "
+            f"peak {mem / MiB:.0f} MiB"
+        )
         del b
         gc.collect()
 
@@ -649,8 +779,10 @@ def section_memory_plan(args) -> None:
     import memory_plan
 
     out(f"\n## Memory plan at {args.plan_size} px, fp16, simulated NVIDIA cards (scripts/memory_plan.py)")
-    out("ComfyUI's own planning (prepare_sampling -> memory_required -> load_models_gpu -> ModelPatcher.load) on "
-        "full-size shapes on the meta device; 'before' drops the pack's per-window PREPARE_SAMPLING wrapper.")
+    out(
+        "ComfyUI's own planning (prepare_sampling -> memory_required -> load_models_gpu -> ModelPatcher.load) on "
+        "full-size shapes on the meta device; 'before' drops the pack's per-window PREPARE_SAMPLING wrapper."
+    )
     for row in memory_plan.table(args.plan_cards, args.plan_frames, args.plan_size, args.context_length):
         out(row)
 
@@ -659,6 +791,7 @@ def _load_files(folder: Path, channels: int) -> dict[str, Path]:
     """The four files in the official format (fp32 .pth, torch's zip format) with the UNets `channels` wide."""
     import make_tiny_weights as demo_weights
     import torch
+
     from xnemo_pack.xnemo_core.pure.constants import CHECKPOINT_FILES
     from xnemo_pack.xnemo_core.pure.motion_encoder import MotionEncoder
 
@@ -673,8 +806,10 @@ def _load_files(folder: Path, channels: int) -> dict[str, Path]:
     torch.save(temporal, paths["temporal_module"])
     del motion, temporal
     reference = demo_weights.tiny_unet_state_dict(shape, g)
-    torch.save({k: v for k, v in reference.items() if not k.startswith(("conv_norm_out.", "conv_out."))},
-               paths["reference_unet"])
+    torch.save(
+        {k: v for k, v in reference.items() if not k.startswith(("conv_norm_out.", "conv_out."))},
+        paths["reference_unet"],
+    )
     del reference
     torch.save(MotionEncoder().state_dict(), paths["motion_encoder"])
     return paths
@@ -686,6 +821,7 @@ def load_child(folder: str, weight_dtype: str, before: bool) -> None:
     import threading
 
     import torch
+
     from xnemo_pack.xnemo_core.adapters import checkpoint as ckpt
     from xnemo_pack.xnemo_core.adapters import model as xmodel
     from xnemo_pack.xnemo_core.pure.constants import CHECKPOINT_FILES
@@ -720,8 +856,16 @@ def load_child(folder: str, weight_dtype: str, before: bool) -> None:
     sites = model.get_additional_models_with_key("xnemo")[0].model
     modules = (model.model, sites, bundle.reference.model, bundle.motion.model)
     weights = sum(t.numel() * t.element_size() for m in modules for t in (*m.parameters(), *m.buffers()))
-    print(json.dumps({"weights": weights, "peak_rss": _status_kib("VmHWM") * 1024 - base_rss,
-                      "peak_anon": peak_anon[0] - base_anon, "seconds": seconds}))
+    print(
+        json.dumps(
+            {
+                "weights": weights,
+                "peak_rss": _status_kib("VmHWM") * 1024 - base_rss,
+                "peak_anon": peak_anon[0] - base_anon,
+                "seconds": seconds,
+            }
+        )
+    )
 
 
 def section_load(args) -> None:
@@ -732,69 +876,112 @@ def section_load(args) -> None:
     folder = Path(args.weights_dir or tempfile.gettempdir()) / f"xnemo_load_fp32_c{args.load_channels}"
     paths = _load_files(folder, args.load_channels)
     file_bytes = sum(p.stat().st_size for p in paths.values())
-    out(f"\n## Load peak: fp32 .pth files, UNets {args.load_channels} channels wide ({file_bytes / MiB:.0f} MiB on "
-        f"disk; official: 320 channels, 9.7 GiB), each load in a fresh process")
+    out(
+        f"\n## Load peak: fp32 .pth files, UNets {args.load_channels} channels wide ({file_bytes / MiB:.0f} MiB on "
+        f"disk; official: 320 channels, 9.7 GiB), each load in a fresh process"
+    )
     out("peak RSS counts the file pages the load touched (page cache, reclaimable); anonymous is the private memory")
     for dtype in args.load_dtypes:
         for label, before in (("before", True), ("now", False)):
             cmd = [sys.executable, __file__, "--load-child", str(folder), "--weight-dtype", dtype]
-            result = subprocess.run(cmd + (["--load-before"] if before else []), capture_output=True, text=True,
-                                    check=True)
+            result = subprocess.run(
+                cmd + (["--load-before"] if before else []), capture_output=True, text=True, check=True
+            )
             r = json.loads(result.stdout.strip().splitlines()[-1])
-            out(f"{dtype} weights {r['weights'] / MiB:.0f} MiB, {label}: peak RSS +{r['peak_rss'] / MiB:.0f} MiB "
+            out(
+                f"{dtype} weights {r['weights'] / MiB:.0f} MiB, {label}: peak RSS +{r['peak_rss'] / MiB:.0f} MiB "
                 f"({r['peak_rss'] / r['weights']:.2f}x the weights), peak anonymous +{r['peak_anon'] / MiB:.0f} MiB "
-                f"({r['peak_anon'] / r['weights']:.2f}x), {r['seconds']:.1f} s")
+                f"({r['peak_anon'] / r['weights']:.2f}x), {r['seconds']:.1f} s"
+            )
 
 
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ints = lambda s: [int(v) for v in s.split(",") if v]  # noqa: E731
     p.add_argument("--fixture", default=str(FIXTURE_DIR), help="tiny fixture folder (tiny random weights if absent)")
-    p.add_argument("--full-size", action="store_true",
-                   help="full-size random weights with the official shapes (GPU): 512 px, 24-frame windows, 35 steps")
+    p.add_argument(
+        "--full-size",
+        action="store_true",
+        help="full-size random weights with the official shapes (GPU): 512 px, 24-frame windows, 35 steps",
+    )
     p.add_argument("--weights-dir", help="where --full-size writes/reuses its random weights (default: temp dir)")
-    p.add_argument("--weight-dtype", default=None, choices=("auto", "fp16", "bf16", "fp32"),
-                   help="Load X-NeMo weight_dtype (default fp32 on CPU/tiny, fp16 with --full-size)")
+    p.add_argument(
+        "--weight-dtype",
+        default=None,
+        choices=("auto", "fp16", "bf16", "fp32"),
+        help="Load X-NeMo weight_dtype (default fp32 on CPU/tiny, fp16 with --full-size)",
+    )
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--frames", type=ints, default=None, help="frame counts (first one also used for the sizes)")
     p.add_argument("--sizes", type=ints, default=None, help="image sizes in pixels (latent = px/8)")
     p.add_argument("--steps", type=int, default=None, help="steps per run in the sweep")
     p.add_argument("--long-steps", type=int, default=1, help="steps for runs of --long-threshold frames or more")
-    p.add_argument("--long-threshold", type=int, default=200,
-                   help="runs of this many frames or more use --long-steps and --long-repeat")
-    p.add_argument("--long-repeat", type=int, default=1,
-                   help="runs for long clips (each has many windows: min s/window is over all of them)")
+    p.add_argument(
+        "--long-threshold",
+        type=int,
+        default=200,
+        help="runs of this many frames or more use --long-steps and --long-repeat",
+    )
+    p.add_argument(
+        "--long-repeat",
+        type=int,
+        default=1,
+        help="runs for long clips (each has many windows: min s/window is over all of them)",
+    )
     p.add_argument("--project-steps", type=int, default=35, help="steps the projected fps assumes (official 35)")
     p.add_argument("--repeat", type=int, default=2, help="runs per measurement (the minimum is reported)")
     p.add_argument("--context-length", type=int, default=24)
     p.add_argument("--context-overlap", type=int, default=4)
     p.add_argument("--motion-batch", type=int, default=16)
-    p.add_argument("--attention", default="comfy", choices=("comfy", "pytorch", "sub_quad", "split", "basic"),
-                   help="attention for the whole run ('comfy': what ComfyUI picked; on CPU that is sub_quad unless "
-                        "--use-pytorch-cross-attention, and 'pytorch' is much faster there)")
-    p.add_argument("--attention-backends", default="pytorch,sub_quad",
-                   type=lambda s: [v for v in s.split(",") if v])
+    p.add_argument(
+        "--attention",
+        default="comfy",
+        choices=("comfy", "pytorch", "sub_quad", "split", "basic"),
+        help="attention for the whole run ('comfy': what ComfyUI picked; on CPU that is sub_quad unless "
+        "--use-pytorch-cross-attention, and 'pytorch' is much faster there)",
+    )
+    p.add_argument("--attention-backends", default="pytorch,sub_quad", type=lambda s: [v for v in s.split(",") if v])
     p.add_argument("--skip-attention", action="store_true", help="skip the attention-backend comparison")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet (ComfyUI's TorchCompileModel path)")
-    p.add_argument("--compare-official-schedule", action="store_true",
-                   help="motion encoder once per clip vs per window per step, issue 7's 45-frame configuration")
-    p.add_argument("--official-run-steps", type=int, default=2,
-                   help="steps actually sampled for the official-schedule comparison (per-step cost is constant)")
-    p.add_argument("--sections", default=None,
-                   help="comma list of: params,official,fast,motion,vae,sweep,overhead,dtypes,memplan,load (default: all "
-                        "that apply; memplan and load need no weights and run first)")
+    p.add_argument(
+        "--compare-official-schedule",
+        action="store_true",
+        help="motion encoder once per clip vs per window per step, issue 7's 45-frame configuration",
+    )
+    p.add_argument(
+        "--official-run-steps",
+        type=int,
+        default=2,
+        help="steps actually sampled for the official-schedule comparison (per-step cost is constant)",
+    )
+    p.add_argument(
+        "--sections",
+        default=None,
+        help="comma list of: params,official,fast,motion,vae,sweep,overhead,dtypes,memplan,load (default: all "
+        "that apply; memplan and load need no weights and run first)",
+    )
     p.add_argument("--dtypes", default="fp32,fp16,bf16", type=lambda s: [v for v in s.split(",") if v])
-    p.add_argument("--vae", default=None, type=lambda s: [tuple(int(x) for x in v.split("x")) for v in s.split(",")],
-                   help="VAE decode configs PXxFRAMES,... (default 128x4,128x16 on CPU; 512x24 full size)")
+    p.add_argument(
+        "--vae",
+        default=None,
+        type=lambda s: [tuple(int(x) for x in v.split("x")) for v in s.split(",")],
+        help="VAE decode configs PXxFRAMES,... (default 128x4,128x16 on CPU; 512x24 full size)",
+    )
     p.add_argument("--plan-size", type=int, default=512, help="image size of the memory plan table (memplan)")
     p.add_argument("--plan-cards", type=ints, default=[8, 12, 16, 24], help="card sizes in GB of the memory plan")
-    p.add_argument("--plan-frames", type=ints, default=[24, 48, 120, 250, 500, 1000],
-                   help="clip lengths of the memory plan")
-    p.add_argument("--load-channels", type=int, default=96,
-                   help="UNet width of the fp32 files the load section writes (official 320: 9.7 GiB of files)")
+    p.add_argument(
+        "--plan-frames", type=ints, default=[24, 48, 120, 250, 500, 1000], help="clip lengths of the memory plan"
+    )
+    p.add_argument(
+        "--load-channels",
+        type=int,
+        default=96,
+        help="UNet width of the fp32 files the load section writes (official 320: 9.7 GiB of files)",
+    )
     p.add_argument("--load-dtypes", default="fp32,fp16", type=lambda s: [v for v in s.split(",") if v])
     p.add_argument("--load-child", help=argparse.SUPPRESS)
     p.add_argument("--load-before", action="store_true", help=argparse.SUPPRESS)
@@ -805,7 +992,7 @@ def parse_args(argv=None):
         a.sizes = a.sizes or [512]
         a.steps = a.steps or 35
         if "--long-threshold" not in sys.argv:
-            a.long_threshold = 96   # 96 frames (5 windows/step): 5 steps, once, to stay within ~10 min on one GPU
+            a.long_threshold = 96  # 96 frames (5 windows/step): 5 steps, once, to stay within ~10 min on one GPU
         if "--long-steps" not in sys.argv:
             a.long_steps = 5
         a.vae = a.vae or [(512, 24)]
@@ -852,16 +1039,19 @@ def main(argv=None) -> None:
     with attention_backend(args.attention):
         bench = factory()
         machine_info(args, bench)
-        bench.sample(args.sizes[0], min(args.frames[0], args.context_length), 1)   # warm-up: first-call costs
+        bench.sample(args.sizes[0], min(args.frames[0], args.context_length), 1)  # warm-up: first-call costs
         if "params" in args.sections:
             counts = count_full_size_parameters()
             denoise = counts["unet_2d"] + counts["motion_sites"]
             out("\n## Full-size parameter counts (official shapes built on the meta device)")
-            out(f"denoising UNet {denoise / 1e9:.3f}B (SD1.5 UNet {counts['unet_2d'] / 1e6:.1f}M + motion sites "
+            out(
+                f"denoising UNet {denoise / 1e9:.3f}B (SD1.5 UNet {counts['unet_2d'] / 1e6:.1f}M + motion sites "
                 f"{counts['motion_sites'] / 1e6:.1f}M), ReferenceNet {counts['reference_unet'] / 1e6:.1f}M, temporal "
                 f"sites {counts['temporal_sites'] / 1e6:.1f}M, motion encoder {counts['motion_encoder'] / 1e6:.1f}M; "
                 f"total {sum(v for k, v in counts.items()) / 1e9:.2f}B = "
-                f"{sum(counts.values()) * 2 / 1024 ** 3:.2f} GiB in fp16/bf16, {sum(counts.values()) * 4 / 1024 ** 3:.2f} GiB fp32")
+                f"{sum(counts.values()) * 2 / 1024**3:.2f} GiB in fp16/bf16, "
+                f"{sum(counts.values()) * 4 / 1024**3:.2f} GiB fp32"
+            )
         if "official" in args.sections:
             section_official_schedule(args, bench)
         if "fast" in args.sections:

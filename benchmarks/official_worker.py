@@ -43,6 +43,7 @@ LATENT_SCALE = 0.18215
 # Memory (same method as the pack worker: VmHWM after clear_refs)
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def status_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -67,12 +68,14 @@ def peak_bytes() -> int:
 # Importing the official code
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def import_official(official_dir: Path):
     """Put the official checkout on sys.path and import what the pipeline needs (with two environment shims)."""
     if not (official_dir / "src" / "pipelines" / "pipeline_pose2vid_motenc_long.py").is_file():
         raise SystemExit(f"no official X-NeMo checkout at {official_dir}: run benchmarks/setup_official.sh first")
     # The CPU torch wheel and the torchvision 0.28 wheel at hand disagree on torchvision's C ops: declaring the two
-    # schemas torchvision registers fakes for lets `import torchvision` succeed (only GaussianBlur, pure torch, is used).
+    # schemas torchvision registers fakes for lets `import torchvision` succeed (only GaussianBlur, pure torch, is
+    # used).
     lib = torch.library.Library("torchvision", "DEF")
     lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
     lib.define("qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor")
@@ -85,9 +88,13 @@ def import_official(official_dir: Path):
     from src.models.unet_3d import UNet3DConditionModel
     from src.pipelines import pipeline_pose2vid_motenc_long as pipeline_module
 
-    return types.SimpleNamespace(UNet2D=UNet2DConditionModel, UNet3D=UNet3DConditionModel,
-                                 MotEncoder=encoder.MotEncoder_withExtra, fan=FAN_feature_extractor,
-                                 pipeline_module=pipeline_module)
+    return types.SimpleNamespace(
+        UNet2D=UNet2DConditionModel,
+        UNet3D=UNet3DConditionModel,
+        MotEncoder=encoder.MotEncoder_withExtra,
+        fan=FAN_feature_extractor,
+        pipeline_module=pipeline_module,
+    )
 
 
 def load_yaml(path: Path) -> dict:
@@ -119,14 +126,18 @@ def build_models(off, official_dir: Path, config: dict):
     with tempfile.TemporaryDirectory(prefix="xnemo_official_base_") as tmp:
         (Path(tmp) / "unet").mkdir()
         (Path(tmp) / "unet" / "config.json").write_text(json.dumps(config["unet2d"]))
-        safetensors.torch.save_file({k: v.contiguous() for k, v in reference.state_dict().items()},
-                                    str(Path(tmp) / "unet" / "diffusion_pytorch_model.safetensors"))
-        denoising = off.UNet3D.from_pretrained_2d(tmp, "", subfolder="unet",
-                                                   unet_additional_kwargs=infer["unet_additional_kwargs"])
+        safetensors.torch.save_file(
+            {k: v.contiguous() for k, v in reference.state_dict().items()},
+            str(Path(tmp) / "unet" / "diffusion_pytorch_model.safetensors"),
+        )
+        denoising = off.UNet3D.from_pretrained_2d(
+            tmp, "", subfolder="unet", unet_additional_kwargs=infer["unet_additional_kwargs"]
+        )
     heads = config["motion_encoder_attention"]
     original = off.fan.TemporalTransformer3DModel
-    off.fan.TemporalTransformer3DModel = functools.partial(original, num_attention_heads=heads[0],
-                                                           attention_head_dim=heads[1])
+    off.fan.TemporalTransformer3DModel = functools.partial(
+        original, num_attention_heads=heads[0], attention_head_dim=heads[1]
+    )
     try:
         motion = off.MotEncoder()
     finally:
@@ -137,6 +148,7 @@ def build_models(off, official_dir: Path, config: dict):
 # ---------------------------------------------------------------------------------------------------------------
 # make-weights
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def randomize(module: torch.nn.Module, generator: torch.Generator) -> None:
     """Make the default-initialised official modules non-degenerate, as the fixture sets do: parameters the official
@@ -165,8 +177,12 @@ def make_weights(args, off) -> None:
     base = json.loads((Path(args.base_config)).read_text())
     unet2d = next(v for k, v in base.items() if k.startswith("unet2d_config"))
     unet2d = dict(unet2d, block_out_channels=[args.channels * m for m in args.channel_mult])
-    config = {"unet2d": unet2d, "motion_encoder_attention": [args.motion_heads, args.motion_head_dim],
-              "made_by": "benchmarks/official_worker.py make-weights", "seed": args.seed}
+    config = {
+        "unet2d": unet2d,
+        "motion_encoder_attention": [args.motion_heads, args.motion_head_dim],
+        "made_by": "benchmarks/official_worker.py make-weights",
+        "seed": args.seed,
+    }
     torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed + 1)
     reference, denoising, motion, _ = build_models(off, Path(args.official_dir), config)
@@ -174,15 +190,19 @@ def make_weights(args, off) -> None:
     randomize(denoising, g)
     randomize(motion, g)
     dsd = denoising.state_dict()
-    torch.save(fp16_state({k: v for k, v in dsd.items() if ".temporal_modules." not in k}),
-               out / "xnemo_denoising_unet.pth")
-    torch.save(fp16_state({k: v for k, v in dsd.items() if ".temporal_modules." in k}),
-               out / "xnemo_temporal_module.pth")
+    torch.save(
+        fp16_state({k: v for k, v in dsd.items() if ".temporal_modules." not in k}), out / "xnemo_denoising_unet.pth"
+    )
+    torch.save(
+        fp16_state({k: v for k, v in dsd.items() if ".temporal_modules." in k}), out / "xnemo_temporal_module.pth"
+    )
     torch.save(fp16_state(reference.state_dict()), out / "xnemo_reference_unet.pth")
     torch.save(fp16_state(motion.state_dict()), out / "xnemo_motion_encoder.pth")
     (out / "bench_config.json").write_text(json.dumps(config, indent=1))
-    print(f"wrote {out}: UNet channels {unet2d['block_out_channels']}, motion encoder attention "
-          f"{args.motion_heads}x{args.motion_head_dim}")
+    print(
+        f"wrote {out}: UNet channels {unet2d['block_out_channels']}, motion encoder attention "
+        f"{args.motion_heads}x{args.motion_head_dim}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -304,10 +324,14 @@ def run(args, off) -> None:
         m.to(device=device, dtype=dtype).eval()
 
     pm = off.pipeline_module
-    pipe = pm.Pose2VideoPipeline(vae=stub_vae(data["latent_mean"], device, dtype),
-                                 image_encoder=stub_image_encoder(data["clip_embed"], device, dtype),
-                                 reference_unet=reference, denoising_unet=denoising, motion_encoder=motion,
-                                 scheduler=DDIMScheduler(**infer["noise_scheduler_kwargs"]))
+    pipe = pm.Pose2VideoPipeline(
+        vae=stub_vae(data["latent_mean"], device, dtype),
+        image_encoder=stub_image_encoder(data["clip_embed"], device, dtype),
+        reference_unet=reference,
+        denoising_unet=denoising,
+        motion_encoder=motion,
+        scheduler=DDIMScheduler(**infer["noise_scheduler_kwargs"]),
+    )
     pipe.set_progress_bar_config(disable=True)
     pipe.decode_latents_svd = lambda latents, *a, **k: latents.detach().cpu().float().numpy()
 
@@ -336,8 +360,9 @@ def run(args, off) -> None:
     def call(frames: int, steps: int, noise: torch.Tensor | None, offsets: list[int] | None):
         crops = [pil(c) for c in data["driving_crops_u8"][:frames]]
         queue = list(offsets) if offsets is not None else None
-        fake_random = types.SimpleNamespace(randint=(lambda a, b: queue.pop(0)) if queue is not None
-                                            else random.Random(0).randint)
+        fake_random = types.SimpleNamespace(
+            randint=(lambda a, b: queue.pop(0)) if queue is not None else random.Random(0).randint
+        )
         original_randn_like = torch.randn_like
 
         def randn_like(t, *a, **k):
@@ -347,10 +372,20 @@ def run(args, off) -> None:
 
         pm.random, torch.randn_like = fake_random, randn_like
         try:
-            return pipe(pil(torch.zeros(3, height, width, dtype=torch.uint8)), crops, pil(data["ref_crop_u8"]),
-                        width, height, frames, steps, guidance_scale=args.guidance,
-                        generator=torch.Generator().manual_seed(0), mot_bbox_param=data["bbox_params"][:frames],
-                        context_frames=args.context_frames, context_overlap=args.context_overlap).videos
+            return pipe(
+                pil(torch.zeros(3, height, width, dtype=torch.uint8)),
+                crops,
+                pil(data["ref_crop_u8"]),
+                width,
+                height,
+                frames,
+                steps,
+                guidance_scale=args.guidance,
+                generator=torch.Generator().manual_seed(0),
+                mot_bbox_param=data["bbox_params"][:frames],
+                context_frames=args.context_frames,
+                context_overlap=args.context_overlap,
+            ).videos
         finally:
             pm.random, torch.randn_like = random, original_randn_like
 
@@ -366,8 +401,12 @@ def run(args, off) -> None:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         t0 = tic()
-        video = call(args.frames, args.steps, data["noise"][:, :, :args.frames].contiguous(),
-                     data["offsets"][:args.steps].tolist())
+        video = call(
+            args.frames,
+            args.steps,
+            data["noise"][:, :, : args.frames].contiguous(),
+            data["offsets"][: args.steps].tolist(),
+        )
         total = toc(t0)
         peak = peak_bytes()
         gpu_peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
@@ -379,18 +418,31 @@ def run(args, off) -> None:
         windows[t] = windows.get(t, 0) + 1
     reference_total = add(reference_t.total, bank_t[0])
     report = {
-        "side": "official", "frames": args.frames, "steps": args.steps, "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "warmup": warmup,
-        "motion": motion_t.total, "motion_calls": motion_t.calls,
-        "reference": reference_total, "reference_calls": reference_t.calls,
-        "unet": unet_t.total, "unet_calls": unet_t.calls,
+        "side": "official",
+        "frames": args.frames,
+        "steps": args.steps,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "warmup": warmup,
+        "motion": motion_t.total,
+        "motion_calls": motion_t.calls,
+        "reference": reference_total,
+        "reference_calls": reference_t.calls,
+        "unet": unet_t.total,
+        "unet_calls": unet_t.calls,
         "unet_per_step": [per_step[t] for t in sorted(per_step, reverse=True)],
         "windows_per_step": [windows[t] for t in sorted(windows, reverse=True)],
         "total": total,
         "overhead": [total[i] - motion_t.total[i] - reference_total[i] - unet_t.total[i] for i in (0, 1)],
-        "peak_rss_bytes": peak, "rss_before_run_bytes": base, "loadavg_before": load_before,
-        "loadavg_after": os.getloadavg()[0], "device": str(device), "dtype": args.dtype, "gpu_peak_bytes": gpu_peak,
-        "rss_torch_bytes": RSS_TORCH_KIB * 1024, "rss_libraries_bytes": args.rss_libraries,
+        "peak_rss_bytes": peak,
+        "rss_before_run_bytes": base,
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg()[0],
+        "device": str(device),
+        "dtype": args.dtype,
+        "gpu_peak_bytes": gpu_peak,
+        "rss_torch_bytes": RSS_TORCH_KIB * 1024,
+        "rss_libraries_bytes": args.rss_libraries,
     }
     latents = torch.as_tensor(video).float()  # [1, 4, F, h, w], the final (scaled) latents
     save_file({"latents": latents.contiguous()}, args.latents_out)

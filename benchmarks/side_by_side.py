@@ -38,12 +38,13 @@ ROOT = Path(__file__).resolve().parents[1]
 OFFICIAL_DIR = Path(os.environ.get("XNEMO_OFFICIAL_DIR") or ROOT / "benchmarks" / ".official")
 LATENT_SCALE = 0.18215
 CONTEXT, OVERLAP, GUIDANCE = 24, 4, 2.5
-GiB = 1024 ** 3
+GiB = 1024**3
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Shared inputs
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def make_inputs(path: Path, frames: int, steps: int, size: int, seed: int = 7) -> None:
     """Deterministic inputs for both sides: smooth random 224 px driving crops (uint8, as the official pipeline's PIL
@@ -60,21 +61,25 @@ def make_inputs(path: Path, frames: int, steps: int, size: int, seed: int = 7) -
     crops = F.interpolate((base + drift).clamp(0, 1), size=(224, 224), mode="bilinear", align_corners=False)
     ref = F.interpolate(torch.rand(1, 3, 14, 14, generator=g), size=(224, 224), mode="bilinear", align_corners=False)
     mean = torch.randn(1, 4, h, w, generator=g) * 5
-    save_file({
-        "driving_crops_u8": (crops * 255).round().to(torch.uint8).contiguous(),
-        "ref_crop_u8": (ref[0] * 255).round().to(torch.uint8).contiguous(),
-        "latent_mean": mean,
-        "ref_latent": mean * LATENT_SCALE,  # the official pipeline's `latent_dist.mean * 0.18215`, same float32 op
-        "clip_embed": torch.randn(1, 1, 768, generator=g),
-        "bbox_params": torch.tensor([0.0, 0.0, 1.0]).repeat(frames, 1) + 0.02 * torch.randn(frames, 3, generator=g),
-        "noise": torch.randn(1, 4, frames, h, w, generator=g),
-        "offsets": torch.randint(0, CONTEXT, (steps,), generator=g),
-    }, str(path))
+    save_file(
+        {
+            "driving_crops_u8": (crops * 255).round().to(torch.uint8).contiguous(),
+            "ref_crop_u8": (ref[0] * 255).round().to(torch.uint8).contiguous(),
+            "latent_mean": mean,
+            "ref_latent": mean * LATENT_SCALE,  # the official pipeline's `latent_dist.mean * 0.18215`, same float32 op
+            "clip_embed": torch.randn(1, 1, 768, generator=g),
+            "bbox_params": torch.tensor([0.0, 0.0, 1.0]).repeat(frames, 1) + 0.02 * torch.randn(frames, 3, generator=g),
+            "noise": torch.randn(1, 4, frames, h, w, generator=g),
+            "offsets": torch.randint(0, CONTEXT, (steps,), generator=g),
+        },
+        str(path),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Memory (the official worker measures the same way)
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def _status_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -97,6 +102,7 @@ def _reset_peak() -> int:
 # The pack's worker (runs in this repository's venv)
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def _import_pack(pack_root: Path, device: str = "cpu"):
     """ComfyUI in-process (--cpu without a GPU) and the pack as package `xnemo_pack`, as tests/conftest.py does."""
     comfy_dir = Path(os.environ.get("COMFYUI_DIR") or ROOT / ".comfyui").resolve()
@@ -106,8 +112,9 @@ def _import_pack(pack_root: Path, device: str = "cpu"):
 
     if device == "cpu" or not torch.cuda.is_available():
         args.cpu = True
-    spec = importlib.util.spec_from_file_location("xnemo_pack", pack_root / "__init__.py",
-                                                  submodule_search_locations=[str(pack_root)])
+    spec = importlib.util.spec_from_file_location(
+        "xnemo_pack", pack_root / "__init__.py", submodule_search_locations=[str(pack_root)]
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules["xnemo_pack"] = module
     spec.loader.exec_module(module)
@@ -118,9 +125,13 @@ def _import_pack(pack_root: Path, device: str = "cpu"):
                 return importlib.import_module(f"xnemo_pack.xnemo_core.{name}")
         raise ModuleNotFoundError(names[0])
 
-    return (room("adapters.model", "model"), room("adapters.reference_bank", "reference"),
-            room("adapters.sampling", "sampling"), room("adapters.unet_patch", "unet_patch"),
-            room("adapters.unet_patch", "unet_patch"))
+    return (
+        room("adapters.model", "model"),
+        room("adapters.reference_bank", "reference"),
+        room("adapters.sampling", "sampling"),
+        room("adapters.unet_patch", "unet_patch"),
+        room("adapters.unet_patch", "unet_patch"),
+    )
 
 
 SYNC = []  # torch.cuda.synchronize when timing a GPU run
@@ -173,8 +184,12 @@ def pack_worker(args) -> None:
     if cuda:
         SYNC.append(torch.cuda.synchronize)
     weights = Path(args.weights)
-    files = model_room.XNeMoFiles(**{n: str(weights / f"xnemo_{n}.pth")
-                                     for n in ("denoising_unet", "reference_unet", "motion_encoder", "temporal_module")})
+    files = model_room.XNeMoFiles(
+        **{
+            n: str(weights / f"xnemo_{n}.pth")
+            for n in ("denoising_unet", "reference_unet", "motion_encoder", "temporal_module")
+        }
+    )
     model, xnemo = model_room.load_xnemo(files, args.dtype)
     data = load_file(args.inputs)
     unet_timer = HookTimer(model.model.diffusion_model)
@@ -196,13 +211,22 @@ def pack_worker(args) -> None:
         t2 = tic()
         positive, negative = conditioning.xnemo_conditioning(data["clip_embed"], bank, tokens, ref_tokens)
         blurred = sampling.blurred_reference(data["ref_latent"], frames)
-        settings = sampling.SampleSettings(**{"steps": steps, "cfg": GUIDANCE, "context_length": CONTEXT,
-                                              "context_overlap": OVERLAP, "closed_loop": True, **extra})
+        settings = sampling.SampleSettings(
+            **{
+                "steps": steps,
+                "cfg": GUIDANCE,
+                "context_length": CONTEXT,
+                "context_overlap": OVERLAP,
+                "closed_loop": True,
+                **extra,
+            }
+        )
         if preset != "custom":
             settings = sampling.apply_preset(settings, preset)
         steps_run.append(settings.steps)
-        latents = sampling.sample_animation(model, positive, negative, blurred / LATENT_SCALE, settings,
-                                            noise=noise, offsets=offsets)
+        latents = sampling.sample_animation(
+            model, positive, negative, blurred / LATENT_SCALE, settings, noise=noise, offsets=offsets
+        )
         times["sampling"] = toc(t2)
         times["total"] = toc(t0)
         return latents * LATENT_SCALE, times
@@ -217,8 +241,8 @@ def pack_worker(args) -> None:
         base = _reset_peak()
         if cuda:
             torch.cuda.reset_peak_memory_stats()
-        noise = data["noise"][0, :, :args.frames].permute(1, 0, 2, 3).contiguous()  # official [1,C,F,h,w] -> [F,C,h,w]
-        final, times = call(args.frames, args.steps, noise, data["offsets"][:args.steps].tolist())
+        noise = data["noise"][0, :, : args.frames].permute(1, 0, 2, 3).contiguous()  # official [1,C,F,h,w] -> [F,C,h,w]
+        final, times = call(args.frames, args.steps, noise, data["offsets"][: args.steps].tolist())
         extra["preset"] = preset
         peak = _status_kib("VmHWM") * 1024
         gpu_peak = torch.cuda.max_memory_allocated() if cuda else None
@@ -229,15 +253,29 @@ def pack_worker(args) -> None:
         windows[t] = windows.get(t, 0) + 1
     unet_total = [sum(v[i] for v in per_step.values()) for i in (0, 1)]
     report = {
-        "side": "pack", "frames": args.frames, "steps": steps_run[-1], "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "warmup": warmup, **times, "motion_calls": 2,
-        "unet": unet_total, "unet_calls": len(unet_timer.log),
+        "side": "pack",
+        "frames": args.frames,
+        "steps": steps_run[-1],
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "warmup": warmup,
+        **times,
+        "motion_calls": 2,
+        "unet": unet_total,
+        "unet_calls": len(unet_timer.log),
         "unet_per_step": [per_step[t] for t in sorted(per_step, reverse=True)],
         "windows_per_step": [windows[t] for t in sorted(windows, reverse=True)],
         "overhead": [times["total"][i] - times["motion"][i] - times["reference"][i] - unet_total[i] for i in (0, 1)],
-        "peak_rss_bytes": peak, "rss_before_run_bytes": base, "loadavg_before": load_before,
-        "loadavg_after": os.getloadavg()[0], "options": extra, "device": args.device, "dtype": args.dtype,
-        "gpu_peak_bytes": gpu_peak, "rss_torch_bytes": rss_torch, "rss_libraries_bytes": rss_libraries,
+        "peak_rss_bytes": peak,
+        "rss_before_run_bytes": base,
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg()[0],
+        "options": extra,
+        "device": args.device,
+        "dtype": args.dtype,
+        "gpu_peak_bytes": gpu_peak,
+        "rss_torch_bytes": rss_torch,
+        "rss_libraries_bytes": rss_libraries,
     }
     save_file({"latents": final.float().cpu().permute(1, 0, 2, 3).unsqueeze(0).contiguous()}, args.latents_out)
     Path(args.report).write_text(json.dumps(report, indent=1))
@@ -247,18 +285,48 @@ def pack_worker(args) -> None:
 # The orchestrator
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def run_side(side: str, args, work: Path, frames: int, steps: int, tag: str) -> dict:
     report, latents = work / f"{tag}.json", work / f"{tag}.safetensors"
-    common = ["--weights", str(args.weights), "--inputs", str(work / "inputs.safetensors"), "--frames", str(frames),
-              "--steps", str(steps), "--threads", str(args.threads), "--device", args.device, "--dtype", args.dtype,
-              "--report", str(report),
-              "--latents-out", str(latents)]
+    common = [
+        "--weights",
+        str(args.weights),
+        "--inputs",
+        str(work / "inputs.safetensors"),
+        "--frames",
+        str(frames),
+        "--steps",
+        str(steps),
+        "--threads",
+        str(args.threads),
+        "--device",
+        args.device,
+        "--dtype",
+        args.dtype,
+        "--report",
+        str(report),
+        "--latents-out",
+        str(latents),
+    ]
     if side == "official":
-        cmd = [str(args.official_python), str(ROOT / "benchmarks" / "official_worker.py"),
-               "--official-dir", str(args.official_dir), "run", *common]
+        cmd = [
+            str(args.official_python),
+            str(ROOT / "benchmarks" / "official_worker.py"),
+            "--official-dir",
+            str(args.official_dir),
+            "run",
+            *common,
+        ]
     else:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "pack", "--pack-root", str(args.pack_root),
-               *common]
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--worker",
+            "pack",
+            "--pack-root",
+            str(args.pack_root),
+            *common,
+        ]
         if args.pack_options:
             cmd += ["--pack-options", args.pack_options]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
@@ -287,8 +355,10 @@ def table(off: dict, ours: dict) -> list[str]:
         return f"{b / a:5.2f}x" if a else "  n/a"
 
     def row(name, a, b):
-        return (f"| {name:<36} | {a[0]:8.2f} | {b[0]:8.2f} | {ratio(a[0], b[0])} "
-                f"| {a[1]:8.2f} | {b[1]:8.2f} | {ratio(a[1], b[1])} |")
+        return (
+            f"| {name:<36} | {a[0]:8.2f} | {b[0]:8.2f} | {ratio(a[0], b[0])} "
+            f"| {a[1]:8.2f} | {b[1]:8.2f} | {ratio(a[1], b[1])} |"
+        )
 
     def per_step(x, side):
         return [v / side["steps"] for v in x]
@@ -303,8 +373,11 @@ def table(off: dict, ours: dict) -> list[str]:
     return [
         "| stage (seconds; memory GiB) | official wall | pack wall | pack/off | official CPU | pack CPU | pack/off |",
         "|---|---|---|---|---|---|---|",
-        row(f"motion tokens ({off['motion_calls']} vs {ours['motion_calls']} encoder calls)", off["motion"],
-            ours["motion"]),
+        row(
+            f"motion tokens ({off['motion_calls']} vs {ours['motion_calls']} encoder calls)",
+            off["motion"],
+            ours["motion"],
+        ),
         row("reference bank", off["reference"], ours["reference"]),
         row("UNet per step (mean)", per_step(off["unet"], off), per_step(ours["unet"], ours)),
         row("UNet per step (fastest step)", fastest(off["unet_per_step"]), fastest(ours["unet_per_step"])),
@@ -312,14 +385,28 @@ def table(off: dict, ours: dict) -> list[str]:
         row("sampling overhead (whole run)", off["overhead"], ours["overhead"]),
         row("total", off["total"], ours["total"]),
         mem("peak RSS during the run", off["peak_rss_bytes"], ours["peak_rss_bytes"]),
-        mem("RSS growth during the run", off["peak_rss_bytes"] - off["rss_before_run_bytes"],
-            ours["peak_rss_bytes"] - ours["rss_before_run_bytes"]),
-        *([mem("peak RSS above the imported libraries", off["peak_rss_bytes"] - off["rss_libraries_bytes"],
-               ours["peak_rss_bytes"] - ours["rss_libraries_bytes"]),
-           mem("RSS of `import torch` alone", off["rss_torch_bytes"], ours["rss_torch_bytes"])]
-          if "rss_libraries_bytes" in off and "rss_libraries_bytes" in ours else []),
-        *([mem("GPU peak allocated", off["gpu_peak_bytes"], ours["gpu_peak_bytes"])]
-          if off.get("gpu_peak_bytes") is not None and ours.get("gpu_peak_bytes") is not None else []),
+        mem(
+            "RSS growth during the run",
+            off["peak_rss_bytes"] - off["rss_before_run_bytes"],
+            ours["peak_rss_bytes"] - ours["rss_before_run_bytes"],
+        ),
+        *(
+            [
+                mem(
+                    "peak RSS above the imported libraries",
+                    off["peak_rss_bytes"] - off["rss_libraries_bytes"],
+                    ours["peak_rss_bytes"] - ours["rss_libraries_bytes"],
+                ),
+                mem("RSS of `import torch` alone", off["rss_torch_bytes"], ours["rss_torch_bytes"]),
+            ]
+            if "rss_libraries_bytes" in off and "rss_libraries_bytes" in ours
+            else []
+        ),
+        *(
+            [mem("GPU peak allocated", off["gpu_peak_bytes"], ours["gpu_peak_bytes"])]
+            if off.get("gpu_peak_bytes") is not None and ours.get("gpu_peak_bytes") is not None
+            else []
+        ),
     ]
 
 
@@ -341,9 +428,11 @@ def orchestrate(args) -> None:
         say(f"# X-NeMo side by side, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
         say(f"command: {' '.join(shlex.quote(a) for a in [sys.executable.replace(str(ROOT) + '/', ''), *sys.argv])}")
         say(f"pack: {_git(args.pack_root)}; official: {args.official_dir} ({_official_commit(args.official_dir)})")
-        say(f"machine: {platform.machine()}, {os.cpu_count()} cores, threads {args.threads} on both sides, "
+        say(
+            f"machine: {platform.machine()}, {os.cpu_count()} cores, threads {args.threads} on both sides, "
             f"{args.device}, {args.dtype}, "
-            f"{args.size} px; weights {args.weights} ({_weights_note(args.weights)})")
+            f"{args.size} px; weights {args.weights} ({_weights_note(args.weights)})"
+        )
         say(f"load average at start: {os.getloadavg()[0]:.1f} (other jobs share these cores; compare within a round)")
         for frames, steps in configs:
             say()
@@ -354,31 +443,48 @@ def orchestrate(args) -> None:
                 off, ours = res["official"], res["pack"]
                 err, tol = compare_latents(off, ours)
                 say()
-                say(f"### round {r + 1} (order: {' then '.join(order)}; load average "
-                    f"{off['loadavg_before']:.1f}/{ours['loadavg_before']:.1f} at the start of the timed runs)")
-                say(f"windows per step: official {off['windows_per_step']}, pack {ours['windows_per_step']}; "
-                    f"UNet calls {off['unet_calls']} vs {ours['unet_calls']}")
+                say(
+                    f"### round {r + 1} (order: {' then '.join(order)}; load average "
+                    f"{off['loadavg_before']:.1f}/{ours['loadavg_before']:.1f} at the start of the timed runs)"
+                )
+                say(
+                    f"windows per step: official {off['windows_per_step']}, pack {ours['windows_per_step']}; "
+                    f"UNet calls {off['unet_calls']} vs {ours['unet_calls']}"
+                )
                 for line in table(off, ours):
                     say(line)
-                say(f"UNet per step (CPU s), official: {', '.join(f'{v[1]:.2f}' for v in off['unet_per_step'])}; "
-                    f"pack: {', '.join(f'{v[1]:.2f}' for v in ours['unet_per_step'])}")
+                say(
+                    f"UNet per step (CPU s), official: {', '.join(f'{v[1]:.2f}' for v in off['unet_per_step'])}; "
+                    f"pack: {', '.join(f'{v[1]:.2f}' for v in ours['unet_per_step'])}"
+                )
                 if ours.get("options", {}).get("preset", "custom") != "custom":
-                    say(f"pack preset {ours['options']['preset']!r} ({ours['steps']} steps, options "
-                        f"{ours['options']}): NOT the official sampling, output not compared (max abs diff {err:.3g})")
+                    say(
+                        f"pack preset {ours['options']['preset']!r} ({ours['steps']} steps, options "
+                        f"{ours['options']}): NOT the official sampling, output not compared (max abs diff {err:.3g})"
+                    )
                 else:
-                    say(f"same output: final latents max abs diff {err:.3g} (parity tolerance {tol:.3g}): "
-                        f"{'OK' if err <= tol else 'DIFFERENT'}")
-                say(f"throughput: pack {off['total'][0] / ours['total'][0]:.2f}x the official by wall clock, "
-                    f"{off['total'][1] / ours['total'][1]:.2f}x by CPU time")
+                    say(
+                        f"same output: final latents max abs diff {err:.3g} (parity tolerance {tol:.3g}): "
+                        f"{'OK' if err <= tol else 'DIFFERENT'}"
+                    )
+                say(
+                    f"throughput: pack {off['total'][0] / ours['total'][0]:.2f}x the official by wall clock, "
+                    f"{off['total'][1] / ours['total'][1]:.2f}x by CPU time"
+                )
         say()
 
 
 def _git(path) -> str:
     try:
-        rev = subprocess.run(["git", "-C", str(path), "log", "-1", "--format=%h %s"], capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=False).stdout.strip()
+        rev = subprocess.run(
+            ["git", "-C", str(path), "log", "-1", "--format=%h %s"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
         return rev[:72] + (" (+ uncommitted changes)" if dirty else "")
     except (subprocess.CalledProcessError, FileNotFoundError):
         return f"{path} (not a git checkout)"
@@ -400,9 +506,12 @@ def _weights_note(path) -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--official-dir", type=Path, default=OFFICIAL_DIR,
-                   help="official checkout made by setup_official.sh (default $XNEMO_OFFICIAL_DIR or "
-                        "benchmarks/.official)")
+    p.add_argument(
+        "--official-dir",
+        type=Path,
+        default=OFFICIAL_DIR,
+        help="official checkout made by setup_official.sh (default $XNEMO_OFFICIAL_DIR or benchmarks/.official)",
+    )
     p.add_argument("--official-python", type=Path, help="the official venv's python (default <official-dir>/venv)")
     p.add_argument("--weights", type=Path, help="official-format weights folder (default <official-dir>/weights)")
     p.add_argument("--pack-root", type=Path, default=ROOT, help="the pack checkout to time (default this one)")
@@ -426,10 +535,15 @@ def main(argv=None) -> None:
     args.official_dir = args.official_dir.resolve()
     args.official_python = args.official_python or args.official_dir / "venv" / "bin" / "python"
     args.weights = (args.weights or args.official_dir / "weights").resolve()
-    for what, path in (("official venv python", args.official_python), ("weights", args.weights / "xnemo_motion_encoder.pth")):
+    for what, path in (
+        ("official venv python", args.official_python),
+        ("weights", args.weights / "xnemo_motion_encoder.pth"),
+    ):
         if not Path(path).exists():
-            raise SystemExit(f"{what} not found at {path}: run `bash benchmarks/setup_official.sh` first "
-                             f"(or pass --official-dir / set XNEMO_OFFICIAL_DIR)")
+            raise SystemExit(
+                f"{what} not found at {path}: run `bash benchmarks/setup_official.sh` first "
+                f"(or pass --official-dir / set XNEMO_OFFICIAL_DIR)"
+            )
     orchestrate(args)
 
 

@@ -24,9 +24,11 @@ def check_named(node: type[io.ComfyNode], **values) -> bool | str:
         if isinstance(item, io.Combo.Input):
             if value not in item.options:
                 shown = ", ".join(map(str, item.options[:20])) + (", ..." if len(item.options) > 20 else "")
-                return (f"{name} is {value!r}, which is not one of: {shown or 'nothing (the list is empty)'}. Pick "
-                        f"one from the list (a workflow saved with another version of the pack can name an option "
-                        f"this version does not have)")
+                return (
+                    f"{name} is {value!r}, which is not one of: {shown or 'nothing (the list is empty)'}. Pick "
+                    f"one from the list (a workflow saved with another version of the pack can name an option "
+                    f"this version does not have)"
+                )
             continue
         low, high = getattr(item, "min", None), getattr(item, "max", None)
         if low is not None and value < low:

@@ -41,13 +41,16 @@ class XNeMoSaveMotion(io.ComfyNode):
             display_name="X-NeMo Save Motion",
             category=CATEGORY,
             description="Save an X-NeMo motion (tokens, face features, head boxes, face-found flags, fps and the "
-                        "fusion head) as a .safetensors file in ComfyUI's output folder, to animate other portraits "
-                        "with it later through X-NeMo Load Motion, without the driving video.",
+            "fusion head) as a .safetensors file in ComfyUI's output folder, to animate other portraits "
+            "with it later through X-NeMo Load Motion, without the driving video.",
             inputs=[
                 XNeMoMotion.Input("motion", tooltip="Motion from Encode Motion or Interpolate Motion."),
-                io.String.Input("filename_prefix", default="xnemo_motion/motion",
-                                tooltip="File name start, relative to ComfyUI's output folder; a counter and "
-                                        f"{EXTENSION} are added."),
+                io.String.Input(
+                    "filename_prefix",
+                    default="xnemo_motion/motion",
+                    tooltip="File name start, relative to ComfyUI's output folder; a counter and "
+                    f"{EXTENSION} are added.",
+                ),
             ],
             outputs=[],
             is_output_node=True,
@@ -74,15 +77,20 @@ class XNeMoLoadMotion(io.ComfyNode):
             display_name="X-NeMo Load Motion",
             category=CATEGORY,
             description="Load a motion saved by X-NeMo Save Motion: files in ComfyUI's input folder, and those in the "
-                        "output folder marked [output]. Use it as Encode Motion's motion output.",
+            "output folder marked [output]. Use it as Encode Motion's motion output.",
             inputs=[
-                io.Combo.Input("motion_file", options=motion_file_choices(),
-                               tooltip=f"An X-NeMo motion ({EXTENSION}) from the input folder, or from the output "
-                                       "folder (marked [output]) where Save Motion writes. Refresh after saving."),
+                io.Combo.Input(
+                    "motion_file",
+                    options=motion_file_choices(),
+                    tooltip=f"An X-NeMo motion ({EXTENSION}) from the input folder, or from the output "
+                    "folder (marked [output]) where Save Motion writes. Refresh after saving.",
+                ),
             ],
             outputs=[
-                XNeMoMotion.Output(display_name="motion", tooltip="The saved motion, exactly as it was saved (with its "
-                                   "fps, boxes and face-found flags)."),
+                XNeMoMotion.Output(
+                    display_name="motion",
+                    tooltip="The saved motion, exactly as it was saved (with its fps, boxes and face-found flags).",
+                ),
             ],
             is_experimental=True,
         )
@@ -94,9 +102,11 @@ class XNeMoLoadMotion(io.ComfyNode):
             return True
         listed = check_named(cls, motion_file=motion_file) is True
         if not listed or not folder_paths.exists_annotated_filepath(motion_file):
-            return (f"motion_file {motion_file!r} is not an X-NeMo motion file in ComfyUI's input or output folder: "
-                    "put the .safetensors file from X-NeMo Save Motion in the input folder (or pick one marked "
-                    "[output]) and refresh")
+            return (
+                f"motion_file {motion_file!r} is not an X-NeMo motion file in ComfyUI's input or output folder: "
+                "put the .safetensors file from X-NeMo Save Motion in the input folder (or pick one marked "
+                "[output]) and refresh"
+            )
         return True
 
     @classmethod

@@ -26,9 +26,15 @@ def parse_window_query(query) -> dict:
     mode = query.get("offset_mode", "seeded")
     if mode not in OFFSET_MODES:
         raise ValueError(f"offset_mode must be one of {OFFSET_MODES}")
-    return dict(frames=values["frames"], length=values["length"], overlap=values["overlap"],
-                closed_loop=query.get("closed_loop", "true") != "false", steps=values["steps"], seed=values["seed"],
-                offset_mode=mode)
+    return dict(
+        frames=values["frames"],
+        length=values["length"],
+        overlap=values["overlap"],
+        closed_loop=query.get("closed_loop", "true") != "false",
+        steps=values["steps"],
+        seed=values["seed"],
+        offset_mode=mode,
+    )
 
 
 async def windows_route(request: web.Request) -> web.Response:

@@ -22,24 +22,33 @@ class XNeMoVAELoader(io.ComfyNode):
             display_name="X-NeMo Load VAE",
             category=CATEGORY,
             description="Load a VAE from models/vae, including the file the official X-NeMo uses: the diffusers "
-                        "Stable Video Diffusion VAE (vae/diffusion_pytorch_model.safetensors of "
-                        "stable-video-diffusion-img2vid-xt), which core Load VAE misreads. It becomes ComfyUI's own "
-                        "temporal-decoder VAE, checked key by key. Other VAE files load as in core Load VAE.",
+            "Stable Video Diffusion VAE (vae/diffusion_pytorch_model.safetensors of "
+            "stable-video-diffusion-img2vid-xt), which core Load VAE misreads. It becomes ComfyUI's own "
+            "temporal-decoder VAE, checked key by key. Other VAE files load as in core Load VAE.",
             inputs=[
-                io.Combo.Input("vae_name", options=folder_paths.get_filename_list("vae"),
-                               tooltip="A file in ComfyUI/models/vae/: the diffusers SVD VAE (official), a converted "
-                                       "or Stability-format SVD VAE, a whole svd/svd_xt checkpoint, or an SD1.5 VAE."),
+                io.Combo.Input(
+                    "vae_name",
+                    options=folder_paths.get_filename_list("vae"),
+                    tooltip="A file in ComfyUI/models/vae/: the diffusers SVD VAE (official), a converted "
+                    "or Stability-format SVD VAE, a whole svd/svd_xt checkpoint, or an SD1.5 VAE.",
+                ),
             ],
-            outputs=[io.Vae.Output(display_name="VAE", tooltip="For X-NeMo Reference Condition and X-NeMo VAE Decode "
-                                   "(and any core VAE node).")],
+            outputs=[
+                io.Vae.Output(
+                    display_name="VAE",
+                    tooltip="For X-NeMo Reference Condition and X-NeMo VAE Decode (and any core VAE node).",
+                )
+            ],
         )
 
     @classmethod
     def validate_inputs(cls, vae_name: str | None = None) -> bool | str:
         # Named: ComfyUI 0.3.75 does not compare V3 dropdown values with their options (see nodes/checks.py).
         if vae_name is not None and folder_paths.get_full_path("vae", vae_name) is None:
-            return (f"vae_name: {vae_name} is not in models/vae/. Put the Stable Video Diffusion VAE there "
-                    f"(see the README, 'Where the weights go') and refresh.")
+            return (
+                f"vae_name: {vae_name} is not in models/vae/. Put the Stable Video Diffusion VAE there "
+                f"(see the README, 'Where the weights go') and refresh."
+            )
         return True
 
     @classmethod
@@ -55,17 +64,25 @@ class XNeMoVAEDecode(io.ComfyNode):
             display_name="X-NeMo VAE Decode",
             category=CATEGORY,
             description="Decode X-NeMo frames as the official does: the SVD temporal decoder over fixed chunks of "
-                        "decode_chunk_size frames, each chunk one clip, so the result never depends on free memory "
-                        "(core VAE Decode picks its chunks from free memory, and the temporal decoder mixes frames "
-                        "within a chunk). Memory is that of one chunk; the progress bar advances per chunk.",
+            "decode_chunk_size frames, each chunk one clip, so the result never depends on free memory "
+            "(core VAE Decode picks its chunks from free memory, and the temporal decoder mixes frames "
+            "within a chunk). Memory is that of one chunk; the progress bar advances per chunk.",
             inputs=[
                 io.Latent.Input("samples", tooltip="Frames from X-NeMo Sample Animation."),
-                io.Vae.Input("vae", tooltip="The VAE given to X-NeMo Reference Condition (official: the Stable Video "
-                             "Diffusion VAE, from X-NeMo Load VAE)."),
-                io.Int.Input("decode_chunk_size", default=DECODE_CHUNK_SIZE, min=1, max=MAX_CHUNK,
-                             tooltip="Frames decoded together (official 25). The temporal decoder smooths across the "
-                                     "frames of a chunk, so other values change the pixels; lower it only when a chunk "
-                                     "does not fit in memory. No effect on the result with an SD1.5 VAE."),
+                io.Vae.Input(
+                    "vae",
+                    tooltip="The VAE given to X-NeMo Reference Condition (official: the Stable Video "
+                    "Diffusion VAE, from X-NeMo Load VAE).",
+                ),
+                io.Int.Input(
+                    "decode_chunk_size",
+                    default=DECODE_CHUNK_SIZE,
+                    min=1,
+                    max=MAX_CHUNK,
+                    tooltip="Frames decoded together (official 25). The temporal decoder smooths across the "
+                    "frames of a chunk, so other values change the pixels; lower it only when a chunk "
+                    "does not fit in memory. No effect on the result with an SD1.5 VAE.",
+                ),
             ],
             outputs=[io.Image.Output(display_name="IMAGE", tooltip="Decoded frames.")],
         )
@@ -75,8 +92,9 @@ class XNeMoVAEDecode(io.ComfyNode):
         latent: torch.Tensor = samples["samples"]
         chunks = -(-latent.shape[0] // max(decode_chunk_size, 1))
         bar = comfy.utils.ProgressBar(chunks)
-        images = xvae.decode_frames(vae, latent, decode_chunk_size,
-                                    progress=lambda done, total: bar.update_absolute(done, total))
+        images = xvae.decode_frames(
+            vae, latent, decode_chunk_size, progress=lambda done, total: bar.update_absolute(done, total)
+        )
         return io.NodeOutput(images)
 
 

@@ -27,12 +27,13 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-PACK_NAME = "xnemo"                      # the custom-node folder name ComfyUI sees
+PACK_NAME = "xnemo"  # the custom-node folder name ComfyUI sees
 PACK_PYTHON_MODULE = f"custom_nodes.{PACK_NAME}"
 DEFAULT_MODEL_FOLDERS = ("x-nemo", "clip_vision", "vae")
 IMPORT_FAILURE_MARKERS = ("IMPORT FAILED", "Cannot import", "Error while calling comfy_entrypoint")
@@ -113,7 +114,7 @@ class ComfyServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def client(self, timeout: float = 60.0) -> "ComfyClient":
+    def client(self, timeout: float = 60.0) -> ComfyClient:
         return ComfyClient(self.url, timeout=timeout)
 
     def log_text(self) -> str:
@@ -128,7 +129,8 @@ class ComfyServer:
         """Log lines that say this pack failed to import (core's own optional nodes, e.g. audio, are not ours)."""
         ours = f"custom_nodes/{PACK_NAME}"
         return [
-            line for line in self.log_text().splitlines()
+            line
+            for line in self.log_text().splitlines()
             if ours in line and any(marker in line for marker in IMPORT_FAILURE_MARKERS)
         ]
 
@@ -144,7 +146,7 @@ class ComfyServer:
         if self._log_file is not None and not self._log_file.closed:
             self._log_file.close()
 
-    def __enter__(self) -> "ComfyServer":
+    def __enter__(self) -> ComfyServer:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -203,16 +205,27 @@ def start_server(
 
     port = free_port()
     cmd = [
-        python or sys.executable, "main.py",
-        "--listen", "127.0.0.1", "--port", str(port),
+        python or sys.executable,
+        "main.py",
+        "--listen",
+        "127.0.0.1",
+        "--port",
+        str(port),
         "--disable-auto-launch",
-        "--extra-model-paths-config", str(yaml_path),
-        "--output-directory", str(dirs["output"]),
-        "--input-directory", str(dirs["input"]),
-        "--temp-directory", str(dirs["temp"]),
-        "--user-directory", str(dirs["user"]),
+        "--extra-model-paths-config",
+        str(yaml_path),
+        "--output-directory",
+        str(dirs["output"]),
+        "--input-directory",
+        str(dirs["input"]),
+        "--temp-directory",
+        str(dirs["temp"]),
+        "--user-directory",
+        str(dirs["user"]),
         # Only our pack: a user's COMFYUI_DIR may hold other custom nodes that would slow or break the run.
-        "--disable-all-custom-nodes", "--whitelist-custom-nodes", PACK_NAME,
+        "--disable-all-custom-nodes",
+        "--whitelist-custom-nodes",
+        PACK_NAME,
     ]
     flags = _supported_flags(comfy_dir)
     if "--database-url" in flags:
@@ -231,8 +244,15 @@ def start_server(
         cmd, cwd=comfy_dir, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=proc_env
     )
     server = ComfyServer(
-        process=process, port=port, work_dir=work_dir, log_path=log_path, model_dirs=model_dirs,
-        input_dir=dirs["input"], output_dir=dirs["output"], temp_dir=dirs["temp"], _log_file=log_file,
+        process=process,
+        port=port,
+        work_dir=work_dir,
+        log_path=log_path,
+        model_dirs=model_dirs,
+        input_dir=dirs["input"],
+        output_dir=dirs["output"],
+        temp_dir=dirs["temp"],
+        _log_file=log_file,
     )
     try:
         _wait_until_ready(server, startup_timeout)
@@ -256,7 +276,9 @@ def _wait_until_ready(server: ComfyServer, timeout: float) -> None:
         except (OSError, urllib.error.URLError, HarnessError):
             pass
         if time.monotonic() > deadline:
-            raise HarnessError(f"ComfyUI did not answer /object_info within {timeout:.0f}s; log tail:\n{server.log_tail()}")
+            raise HarnessError(
+                f"ComfyUI did not answer /object_info within {timeout:.0f}s; log tail:\n{server.log_tail()}"
+            )
         time.sleep(delay)
         delay = min(delay * 2, 0.5)
 
@@ -348,8 +370,14 @@ class ComfyClient:
         if status != 200:
             raise HarnessError(f"POST /free -> HTTP {status}: {data[:300]!r}")
 
-    def upload_image(self, path: Path, name: str | None = None, subfolder: str = "", overwrite: bool = True,
-                     folder_type: str = "input") -> str:
+    def upload_image(
+        self,
+        path: Path,
+        name: str | None = None,
+        subfolder: str = "",
+        overwrite: bool = True,
+        folder_type: str = "input",
+    ) -> str:
         """Upload a file (images and videos alike) into the server's input folder; returns the name to use in graphs."""
         path = Path(path)
         fields = {"overwrite": "true" if overwrite else "false", "subfolder": subfolder, "type": folder_type}
@@ -385,8 +413,11 @@ def _raise_if_failed(entry: Mapping[str, Any]) -> None:
             )
             raise ExecutionFailed(message, entry, node_type=data.get("node_type"))
         if kind == "execution_interrupted":
-            raise ExecutionFailed(f"interrupted at node {data.get('node_id')} ({data.get('node_type')})", entry,
-                                  node_type=data.get("node_type"))
+            raise ExecutionFailed(
+                f"interrupted at node {data.get('node_id')} ({data.get('node_type')})",
+                entry,
+                node_type=data.get("node_type"),
+            )
     raise ExecutionFailed(f"prompt finished with status {status.get('status_str')!r}", entry)
 
 

@@ -47,9 +47,11 @@ def convert(source: Path, target: Path, force: bool = False) -> Path:
     if svd_vae_keys.is_comfy_svd(sd):
         raise ConvertError(f"{source} is already in ComfyUI's layout: load it with Load VAE as it is")
     if not svd_vae_keys.is_diffusers_svd(sd):
-        raise ConvertError(f"{source} is not a diffusers Stable Video Diffusion VAE (no "
-                           f"{svd_vae_keys.DIFFUSERS_MARKER}): expected vae/diffusion_pytorch_model.safetensors of "
-                           f"stable-video-diffusion-img2vid(-xt)")
+        raise ConvertError(
+            f"{source} is not a diffusers Stable Video Diffusion VAE (no "
+            f"{svd_vae_keys.DIFFUSERS_MARKER}): expected vae/diffusion_pytorch_model.safetensors of "
+            f"stable-video-diffusion-img2vid(-xt)"
+        )
     try:
         out = {k: v.contiguous() for k, v in svd_vae_keys.diffusers_to_comfy(sd).items()}
     except svd_vae_keys.SVDVaeKeyError as e:

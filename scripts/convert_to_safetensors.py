@@ -3,11 +3,11 @@
     .venv/bin/python scripts/convert_to_safetensors.py ComfyUI/models/x-nemo            # every .pth in the folder
     .venv/bin/python scripts/convert_to_safetensors.py a.pth b.pth --out DIR [--force]
 
-Each file is read with `xnemo_core.adapters.checkpoint.load_state_dict_file` (`torch.load(weights_only=True)`: a pickle that
-would import or run code is refused), written with `safetensors.torch.save_file` beside its input or into --out, read
-back and compared tensor by tensor (keys, dtypes, shapes, values) before it replaces anything. An existing output is
-left alone unless --force. Exit status 0 when every file converted, 1 otherwise. Load X-NeMo accepts the results under
-the same names (`xnemo_denoising_unet.safetensors`, ...).
+Each file is read with `xnemo_core.adapters.checkpoint.load_state_dict_file` (`torch.load(weights_only=True)`: a pickle
+that would import or run code is refused), written with `safetensors.torch.save_file` beside its input or into --out,
+read back and compared tensor by tensor (keys, dtypes, shapes, values) before it replaces anything. An existing output
+is left alone unless --force. Exit status 0 when every file converted, 1 otherwise. Load X-NeMo accepts the results
+under the same names (`xnemo_denoising_unet.safetensors`, ...).
 """
 
 from __future__ import annotations
@@ -75,8 +75,10 @@ def verify(sd: dict[str, torch.Tensor], path: Path) -> None:
         for key in sd:
             back, want = f.get_tensor(key), sd[key]
             if back.dtype != want.dtype or back.shape != want.shape or not torch.equal(back, want):
-                raise ConvertError(f"{path.name}: {key} reads back differently ({back.dtype} {tuple(back.shape)} "
-                                   f"vs {want.dtype} {tuple(want.shape)})")
+                raise ConvertError(
+                    f"{path.name}: {key} reads back differently ({back.dtype} {tuple(back.shape)} "
+                    f"vs {want.dtype} {tuple(want.shape)})"
+                )
 
 
 def convert(source: Path, target: Path, force: bool = False) -> dict[str, torch.Tensor]:

@@ -23,10 +23,9 @@ import shutil
 import sys
 import tempfile
 import time
+from importlib import import_module
 from pathlib import Path
 from typing import Any
-
-from importlib import import_module
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import comfy_harness  # noqa: E402
@@ -93,8 +92,12 @@ def find_official_weights(models_dir: Path, clip_vision: str | None, vae: str | 
         return None
     return {
         "x-nemo": found,
-        "clip_vision": _pick(models_dir / "clip_vision", clip_vision,
-                             ("image_encoder", "vit-l", "vit_l", "vitl"), "CLIP ViT-L/14 image encoder"),
+        "clip_vision": _pick(
+            models_dir / "clip_vision",
+            clip_vision,
+            ("image_encoder", "vit-l", "vit_l", "vitl"),
+            "CLIP ViT-L/14 image encoder",
+        ),
         "vae": _pick(models_dir / "vae", vae, ("svd", "img2vid", "stable_video"), "SVD img2vid VAE"),
     }
 
@@ -120,12 +123,19 @@ def write_tiny_weights(models_root: Path) -> dict[str, Any]:
     try:
         demo_weights = import_module("make_tiny_weights")
     except ImportError as err:
-        raise DemoError(f"scripts/make_tiny_weights.py is not available ({err}): tiny demo weights cannot be written") from err
+        raise DemoError(
+            f"scripts/make_tiny_weights.py is not available ({err}): tiny demo weights cannot be written"
+        ) from err
     written = demo_weights.write_tiny_models(models_root)
 
     xnemo_files = written["x-nemo"]
-    names = list(xnemo_files.values()) if isinstance(xnemo_files, dict) else [xnemo_files] if isinstance(
-        xnemo_files, str) else list(xnemo_files)
+    names = (
+        list(xnemo_files.values())
+        if isinstance(xnemo_files, dict)
+        else [xnemo_files]
+        if isinstance(xnemo_files, str)
+        else list(xnemo_files)
+    )
     names = [Path(n).name for n in names]
     roles = {}
     for role, stem in XNEMO_ROLES.items():
@@ -180,8 +190,15 @@ def _pick_titled(prompt: dict, ids: list[str], word: str) -> str:
     return (titled or ids)[0]
 
 
-def prepare_prompt(prompt: dict, reference: str, driving: str, weights: dict[str, Any],
-                   steps: int | None = None, size: int | None = None, seed: int | None = None) -> dict:
+def prepare_prompt(
+    prompt: dict,
+    reference: str,
+    driving: str,
+    weights: dict[str, Any],
+    steps: int | None = None,
+    size: int | None = None,
+    seed: int | None = None,
+) -> dict:
     """Put the uploaded media, the weight file names and any overrides into the API workflow (a copy)."""
     prompt = json.loads(json.dumps(prompt))
 
@@ -221,10 +238,19 @@ def add_showcase_outputs(prompt: dict) -> dict:
     encode = _require(prompt, "XNeMoEncodeMotion")[0]
     reference = _require(prompt, "XNeMoReferenceCondition")[0]
     create = _require(prompt, "CreateVideo")[0]
-    prompt["9001"] = {"class_type": "CreateVideo", "inputs": {"images": [encode, 1],
-                                                             "fps": prompt[create]["inputs"]["fps"]}}
-    prompt[SHOWCASE["track_video"]] = {"class_type": "SaveVideo", "inputs": {
-        "video": ["9001", 0], "filename_prefix": "xnemo_demo/track_preview", "format": "mp4", "codec": "h264"}}
+    prompt["9001"] = {
+        "class_type": "CreateVideo",
+        "inputs": {"images": [encode, 1], "fps": prompt[create]["inputs"]["fps"]},
+    }
+    prompt[SHOWCASE["track_video"]] = {
+        "class_type": "SaveVideo",
+        "inputs": {
+            "video": ["9001", 0],
+            "filename_prefix": "xnemo_demo/track_preview",
+            "format": "mp4",
+            "codec": "h264",
+        },
+    }
     prompt[SHOWCASE["reference"]] = {"class_type": "PreviewImage", "inputs": {"images": [reference, 4]}}
     prompt[SHOWCASE["track"]] = {"class_type": "PreviewImage", "inputs": {"images": [encode, 1]}}
     output_frames = prompt[create]["inputs"]["images"]
@@ -242,14 +268,17 @@ def make_contact_sheet(reference_crop, track: list, output: list, tiny: bool):
     picks_out = [round(i * (len(output) - 1) / max(count - 1, 1)) for i in range(count)]
 
     def thumb(image):
-        return image.convert("RGB").resize((max(1, round(image.width * SHEET_HEIGHT / image.height)), SHEET_HEIGHT),
-                                           Image.LANCZOS)
+        return image.convert("RGB").resize(
+            (max(1, round(image.width * SHEET_HEIGHT / image.height)), SHEET_HEIGHT), Image.LANCZOS
+        )
 
     rows = [
         ("reference crop: what X-NeMo animates", [thumb(reference_crop)]),
         ("driving frames: face box (green; red where filled in), crop box (cyan)", [thumb(track[i]) for i in picks]),
-        ("output frames" + (": TINY RANDOM WEIGHTS, noise by design" if tiny else ""),
-         [thumb(output[i]) for i in picks_out]),
+        (
+            "output frames" + (": TINY RANDOM WEIGHTS, noise by design" if tiny else ""),
+            [thumb(output[i]) for i in picks_out],
+        ),
     ]
     font = ImageFont.load_default(size=16)
     pad, label = 8, 24
@@ -332,8 +361,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return run(args)
-    except (DemoError, comfy_harness.HarnessError, comfy_harness.PromptRejected, comfy_harness.ExecutionFailed,
-            TimeoutError) as err:
+    except (
+        DemoError,
+        comfy_harness.HarnessError,
+        comfy_harness.PromptRejected,
+        comfy_harness.ExecutionFailed,
+        TimeoutError,
+    ) as err:
         print(f"\ndemo failed: {err}", file=sys.stderr)
         log = args.output_dir / "comfyui_demo.log"
         if log.is_file():
@@ -372,27 +406,37 @@ def run(args: argparse.Namespace) -> int:
         print(f"Starting ComfyUI ({comfy_dir}) on the {'CPU' if cpu else 'GPU'} ...")
         server = comfy_harness.start_server(work, comfy_dir=comfy_dir, cpu=cpu)
         client = server.client(timeout=120)
-        prompt = add_showcase_outputs(prepare_prompt(
-            workflow,
-            reference=client.upload_image(reference),
-            driving=client.upload_image(driving),
-            weights=weights, steps=steps, size=size, seed=args.seed,
-        ))
-        print(f"Running {args.workflow.name} ({'tiny random weights' if tiny else 'official weights'}, "
-              f"{frames or 'all'} driving frames) ...")
+        prompt = add_showcase_outputs(
+            prepare_prompt(
+                workflow,
+                reference=client.upload_image(reference),
+                driving=client.upload_image(driving),
+                weights=weights,
+                steps=steps,
+                size=size,
+                seed=args.seed,
+            )
+        )
+        print(
+            f"Running {args.workflow.name} ({'tiny random weights' if tiny else 'official weights'}, "
+            f"{frames or 'all'} driving frames) ..."
+        )
         started = time.monotonic()
         entry = client.run(prompt, timeout=args.timeout)
         print(f"Workflow finished in {time.monotonic() - started:.1f}s.")
 
         files = client.output_files(entry)
-        videos = [f for f in files if f["filename"].lower().endswith(VIDEO_EXTENSIONS)
-                  and f["node"] not in SHOWCASE.values()]
+        videos = [
+            f for f in files if f["filename"].lower().endswith(VIDEO_EXTENSIONS) and f["node"] not in SHOWCASE.values()
+        ]
         if not videos:
             raise DemoError(f"the workflow finished but reported no video output: {entry.get('outputs')}")
         written = []
         for item in videos:
             suffix = Path(item["filename"]).suffix
-            name = f"xnemo_demo{'_TINY_RANDOM_WEIGHTS' if tiny else ''}{'' if len(written) == 0 else f'_{len(written)}'}"
+            name = (
+                f"xnemo_demo{'_TINY_RANDOM_WEIGHTS' if tiny else ''}{'' if len(written) == 0 else f'_{len(written)}'}"
+            )
             target = output_dir / f"{name}{suffix}"
             target.write_bytes(client.view(item["filename"], item.get("subfolder", ""), item.get("type", "output")))
             written.append(target)
@@ -410,8 +454,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"Written: {path}")
     if tiny:
         bar = "!" * (len(TINY_LABEL) + 8)
-        print(f"\n{bar}\n!!! {TINY_LABEL} !!!\n{bar}\n"
-              "Put the official weights in ComfyUI's models/ folders (see README) for a real animation.")
+        print(
+            f"\n{bar}\n!!! {TINY_LABEL} !!!\n{bar}\n"
+            "Put the official weights in ComfyUI's models/ folders (see README) for a real animation."
+        )
     return 0
 
 

@@ -29,8 +29,11 @@ def draw_icon(size: int = SIZE) -> Image.Image:
     # the driving motion: fading outlines of the head along its path, and speed lines
     for i, (cx, cy) in enumerate([(118, 236), (160, 212), (206, 200)]):
         shade = 70 + 30 * i
-        d.ellipse([(cx - 58) * u, (cy - 72) * u, (cx + 58) * u, (cy + 72) * u], outline=(shade, shade + 40, 200),
-                  width=round(5 * u))
+        d.ellipse(
+            [(cx - 58) * u, (cy - 72) * u, (cx + 58) * u, (cy + 72) * u],
+            outline=(shade, shade + 40, 200),
+            width=round(5 * u),
+        )
     for k in range(3):
         y = (176 + 34 * k) * u
         d.line([(36 * u, y + 10 * u * k), (78 * u, y + 6 * u * k)], fill=(120, 200, 255), width=round(7 * u))

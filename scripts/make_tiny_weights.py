@@ -1,4 +1,5 @@
-"""Tooling, not engine: tiny random weights in the official X-NeMo file format, for demos and tests on machines without the real ones.
+"""Tooling, not engine: tiny random weights in the official X-NeMo file format, for demos and tests on machines
+without the real ones.
 
 The output of a model built from them is noise: they prove that the whole pipeline runs (loading, face tracking,
 conditioning, windowed sampling, decoding, saving), not that it animates. Files are written in the official key
@@ -12,9 +13,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
-
 import comfy_harness
+import torch
 
 comfy_harness.import_pack()  # this repository as the package `xnemo_pack`, as the tests and the demo see it
 from xnemo_pack.xnemo_core.adapters import checkpoint as ckpt  # noqa: E402
@@ -24,8 +24,15 @@ from xnemo_pack.xnemo_core.pure.motion_encoder import MotionEncoder  # noqa: E40
 
 log = logging.getLogger("xnemo")
 
-TINY_UNET = ckpt.UNetShape(model_channels=32, channel_mult=(1, 1, 1, 2), num_res_blocks=2, context_dim=768,
-                           in_channels=4, attention_levels=(True, True, True, False), has_output=True)
+TINY_UNET = ckpt.UNetShape(
+    model_channels=32,
+    channel_mult=(1, 1, 1, 2),
+    num_res_blocks=2,
+    context_dim=768,
+    in_channels=4,
+    attention_levels=(True, True, True, False),
+    has_output=True,
+)
 CLIP_VISION_NAME = "xnemo_tiny_random_clip_vit_l14.safetensors"
 VAE_NAME = "xnemo_tiny_random_sd_vae.safetensors"
 
@@ -82,8 +89,9 @@ def write_tiny_xnemo(folder: Path, seed: int = 0) -> dict[str, str]:
     g = torch.Generator().manual_seed(seed)
     denoising = tiny_unet_state_dict(TINY_UNET, g)
     motion, temporal = tiny_site_state_dicts(TINY_UNET, g)
-    reference = {k: v for k, v in tiny_unet_state_dict(TINY_UNET, g).items()
-                 if not k.startswith(("conv_norm_out.", "conv_out."))}
+    reference = {
+        k: v for k, v in tiny_unet_state_dict(TINY_UNET, g).items() if not k.startswith(("conv_norm_out.", "conv_out."))
+    }
     with torch.random.fork_rng():
         torch.manual_seed(seed + 1)
         encoder = MotionEncoder(attention_heads=2, attention_head_dim=16).state_dict()
@@ -117,8 +125,18 @@ def write_random_vae(path: Path, seed: int = 0) -> None:
     """A randomly initialised SD1.x VAE (ComfyUI key format)."""
     from comfy.ldm.models.autoencoder import AutoencoderKL
 
-    ddconfig = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
-                "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
+    ddconfig = {
+        "double_z": True,
+        "z_channels": 4,
+        "resolution": 256,
+        "in_channels": 3,
+        "out_ch": 3,
+        "ch": 128,
+        "ch_mult": [1, 2, 4, 4],
+        "num_res_blocks": 2,
+        "attn_resolutions": [],
+        "dropout": 0.0,
+    }
     vae = AutoencoderKL(ddconfig=ddconfig, embed_dim=4)
     _randomize(vae, torch.Generator().manual_seed(seed))
     _save(vae.state_dict(), path)
@@ -132,8 +150,10 @@ def write_tiny_models(models_root: Path, seed: int = 0) -> dict:
     names = {role: f"{stem}.safetensors" for role, stem in CHECKPOINT_FILES.items()}
     if not all((xnemo_dir / n).is_file() for n in names.values()):
         names = write_tiny_xnemo(xnemo_dir, seed)
-    for folder, name, writer in (("clip_vision", CLIP_VISION_NAME, write_random_clip_vision),
-                                 ("vae", VAE_NAME, write_random_vae)):
+    for folder, name, writer in (
+        ("clip_vision", CLIP_VISION_NAME, write_random_clip_vision),
+        ("vae", VAE_NAME, write_random_vae),
+    ):
         path = models_root / folder / name
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-GiB = 1024 ** 3
+GiB = 1024**3
 META = "meta"
 CARDS_GB = (8, 12, 16, 24)
 FRAMES = (24, 48, 120, 250, 500, 1000)
@@ -32,8 +32,8 @@ class _Loaded(Exception):
 @dataclass(frozen=True)
 class ModelPlacement:
     name: str
-    size: int        # bytes of weights
-    loaded: int      # bytes ComfyUI put on the GPU; the rest is streamed per module on every call (lowvram)
+    size: int  # bytes of weights
+    loaded: int  # bytes ComfyUI put on the GPU; the rest is streamed per module on every call (lowvram)
 
     @property
     def full(self) -> bool:
@@ -45,10 +45,10 @@ class Plan:
     card_gb: float
     frames: int
     size_px: int
-    memory_required: int           # what ComfyUI reserves for activations (both CFG halves)
-    minimum_memory_required: int   # the part it must keep free (one CFG half); decides partial loading
+    memory_required: int  # what ComfyUI reserves for activations (both CFG halves)
+    minimum_memory_required: int  # the part it must keep free (one CFG half); decides partial loading
     models: tuple[ModelPlacement, ...]
-    cfg_rows_per_call: int         # rows per UNet call: both CFG halves of a window together, or one at a time
+    cfg_rows_per_call: int  # rows per UNet call: both CFG halves of a window together, or one at a time
 
     @property
     def unet_fully_loaded(self) -> bool:
@@ -93,7 +93,7 @@ def simulated_gpu(total_bytes: int, load_device=None):
         "MIN_WEIGHT_MEMORY_RATIO": 0.0,
         "NUM_STREAMS": 2,
         "get_torch_device": lambda: device,
-        "unet_offload_device": lambda: device,   # the simulated models live on the meta device, loaded or not
+        "unet_offload_device": lambda: device,  # the simulated models live on the meta device, loaded or not
     }
     saved = {name: getattr(mm, name) for name in patches}
     for name, value in patches.items():
@@ -115,24 +115,45 @@ def full_size_model(weight_dtype=None):
     import comfy.ops
     import comfy.supported_models
     import torch
+
     from xnemo_pack.xnemo_core.adapters import checkpoint as ckpt
     from xnemo_pack.xnemo_core.adapters.unet_patch import apply_xnemo, make_patcher
     from xnemo_pack.xnemo_core.pure.constants import MOTION_TOKEN_DIM, TEMPORAL_MAX_FRAMES
     from xnemo_pack.xnemo_core.pure.layers import XNeMoSites
 
     dtype = weight_dtype or torch.float16
-    shape = ckpt.UNetShape(model_channels=320, channel_mult=(1, 2, 4, 4), num_res_blocks=2, context_dim=768,
-                           in_channels=4, attention_levels=(True, True, True, False), has_output=True)
+    shape = ckpt.UNetShape(
+        model_channels=320,
+        channel_mult=(1, 2, 4, 4),
+        num_res_blocks=2,
+        context_dim=768,
+        in_channels=4,
+        attention_levels=(True, True, True, False),
+        has_output=True,
+    )
     config = comfy.supported_models.SD15(shape.comfy_config())
     config.set_inference_dtype(dtype, None)
     base = config.get_model({}, "", device=torch.device(META))
-    sites = XNeMoSites(ckpt.site_channels(shape), MOTION_TOKEN_DIM, 8, TEMPORAL_MAX_FRAMES, dtype=dtype,
-                       device=torch.device(META), operations=comfy.ops.disable_weight_init)
+    sites = XNeMoSites(
+        ckpt.site_channels(shape),
+        MOTION_TOKEN_DIM,
+        8,
+        TEMPORAL_MAX_FRAMES,
+        dtype=dtype,
+        device=torch.device(META),
+        operations=comfy.ops.disable_weight_init,
+    )
     return apply_xnemo(make_patcher(base), make_patcher(sites))
 
 
-def plan_sampling(card_gb: float, frames: int, size_px: int = 512, context_length: int = 24,
-                  per_window: bool = True, weight_dtype=None) -> Plan:
+def plan_sampling(
+    card_gb: float,
+    frames: int,
+    size_px: int = 512,
+    context_length: int = 24,
+    per_window: bool = True,
+    weight_dtype=None,
+) -> Plan:
     """Run Sample Animation on a simulated card until ComfyUI has loaded the models; return what it decided.
 
     per_window=False drops the pack's PREPARE_SAMPLING wrapper: ComfyUI then plans for the whole clip, as it did
@@ -140,6 +161,7 @@ def plan_sampling(card_gb: float, frames: int, size_px: int = 512, context_lengt
     """
     import comfy.model_management as mm
     import torch
+
     from xnemo_pack.xnemo_core.adapters import sampling
     from xnemo_pack.xnemo_core.adapters.reference_bank import ReferenceBank
     from xnemo_pack.xnemo_core.adapters.unet_patch import xnemo_conditioning
@@ -148,20 +170,27 @@ def plan_sampling(card_gb: float, frames: int, size_px: int = 512, context_lengt
     seen = {}
     real_load = mm.load_models_gpu
 
-    def load_and_stop(models, memory_required=0, force_patch_weights=False, minimum_memory_required=None,
-                      force_full_load=False):
+    def load_and_stop(
+        models, memory_required=0, force_patch_weights=False, minimum_memory_required=None, force_full_load=False
+    ):
         real_load(models, memory_required, force_patch_weights, minimum_memory_required, force_full_load)
-        seen.update(memory_required=memory_required, minimum=minimum_memory_required,
-                    models=tuple(ModelPlacement(type(lm.model.model).__name__, lm.model.model_size(),
-                                                lm.model.loaded_size()) for lm in mm.current_loaded_models))
+        seen.update(
+            memory_required=memory_required,
+            minimum=minimum_memory_required,
+            models=tuple(
+                ModelPlacement(type(lm.model.model).__name__, lm.model.model_size(), lm.model.loaded_size())
+                for lm in mm.current_loaded_models
+            ),
+        )
         raise _Loaded
 
     h = w = size_px // 8
     original_prepare = sampling.WindowPlan.prepare_sampling
     with simulated_gpu(total):
         model = full_size_model(weight_dtype)
-        positive, negative = xnemo_conditioning(torch.zeros(1, 1, 768), ReferenceBank({}, (h, w)),
-                                                torch.zeros(frames, 32, 16), torch.zeros(1, 32, 16))
+        positive, negative = xnemo_conditioning(
+            torch.zeros(1, 1, 768), ReferenceBank({}, (h, w)), torch.zeros(frames, 32, 16), torch.zeros(1, 32, 16)
+        )
         latent = torch.empty(frames, 4, h, w, device=META)
         mm.load_models_gpu = load_and_stop
         if not per_window:
@@ -181,8 +210,15 @@ def plan_sampling(card_gb: float, frames: int, size_px: int = 512, context_lengt
         both = model.model.memory_required([2 * window, 4, h, w]) * 1.5 < free
     if "models" not in seen:
         raise RuntimeError("sampling never reached ComfyUI's model loading")
-    return Plan(card_gb, frames, size_px, int(seen["memory_required"]), int(seen["minimum"]), seen["models"],
-                2 * window if both else window)
+    return Plan(
+        card_gb,
+        frames,
+        size_px,
+        int(seen["memory_required"]),
+        int(seen["minimum"]),
+        seen["models"],
+        2 * window if both else window,
+    )
 
 
 def table(cards=CARDS_GB, frames=FRAMES, size_px: int = 512, context_length: int = 24) -> list[str]:

@@ -17,8 +17,9 @@ import argparse
 import json
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "example_workflows"
@@ -65,7 +66,11 @@ def _widget_values(node: Mapping[str, Any], info: Mapping[str, Any]) -> dict[str
         seed_like = options.get("control_after_generate") or name in ("seed", "noise_seed")
         if seed_like and i < len(values) and values[i] in CONTROL_VALUES:
             i += 1  # control_after_generate
-        if any(options.get(flag) for flag in UPLOAD_FLAGS) and i < len(values) and values[i] in ("image", "video", "audio"):
+        if (
+            any(options.get(flag) for flag in UPLOAD_FLAGS)
+            and i < len(values)
+            and values[i] in ("image", "video", "audio")
+        ):
             i += 1  # the upload button's value
     return out
 

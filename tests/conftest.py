@@ -27,7 +27,9 @@ ARTIFACTS = ROOT / "test-artifacts"
 def _register_pack() -> None:
     if "xnemo_pack" in sys.modules:
         return
-    spec = importlib.util.spec_from_file_location("xnemo_pack", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    spec = importlib.util.spec_from_file_location(
+        "xnemo_pack", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules["xnemo_pack"] = module
     spec.loader.exec_module(module)
@@ -53,7 +55,9 @@ _register_pack()
 @pytest.fixture(scope="session")
 def fixture_dir() -> Path:
     if not (FIXTURE_DIR / "manifest.json").is_file():
-        pytest.fail(f"X-NeMo fixture set not found at {FIXTURE_DIR}: set XNEMO_FIXTURE_DIR or put ../shared beside the repo")
+        pytest.fail(
+            f"X-NeMo fixture set not found at {FIXTURE_DIR}: set XNEMO_FIXTURE_DIR or put ../shared beside the repo"
+        )
     return FIXTURE_DIR
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from xnemo_pack.xnemo_core.pure.motion_encoder import MotionFusion
 from xnemo_pack.xnemo_core.pure.payloads import MotionSequence
 
@@ -25,9 +26,16 @@ def motion(frames: int = 7, **changes) -> MotionSequence:
         tokens = head(feats, f_rts) + 1e-7 * torch.randn(frames, 32, 16, generator=g)
     found = torch.ones(frames, dtype=torch.bool)
     found[2] = False
-    fields = {"tokens": tokens, "face_features": feats, "f_rts": f_rts, "fusion": head,
-              "boxes": torch.rand(frames, 4, generator=g) * 300, "face_found": found, "fps": 29.97002997002997,
-              "crop_scale": 1.1}
+    fields = {
+        "tokens": tokens,
+        "face_features": feats,
+        "f_rts": f_rts,
+        "fusion": head,
+        "boxes": torch.rand(frames, 4, generator=g) * 300,
+        "face_found": found,
+        "fps": 29.97002997002997,
+        "crop_scale": 1.1,
+    }
     fields.update(changes)
     return MotionSequence(**fields)
 

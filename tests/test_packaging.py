@@ -24,21 +24,37 @@ except ImportError:  # Python 3.10
 ROOT = Path(__file__).resolve().parents[1]
 COMFY = ROOT / ".tools" / "comfy-cli" / "bin" / "comfy"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-OFFLINE = {"DO_NOT_TRACK": "1", "COMFY_NO_UPDATE_CHECK": "1", "COMFY_NO_TELEMETRY": "1", "NO_COLOR": "1",
-           **{k: "http://127.0.0.1:9" for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")},
-           "NO_PROXY": "", "no_proxy": ""}
+OFFLINE = {
+    "DO_NOT_TRACK": "1",
+    "COMFY_NO_UPDATE_CHECK": "1",
+    "COMFY_NO_TELEMETRY": "1",
+    "NO_COLOR": "1",
+    **{k: "http://127.0.0.1:9" for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")},
+    "NO_PROXY": "",
+    "no_proxy": "",
+}
 
 
 def comfy(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     if not COMFY.is_file():
         pytest.fail(f"comfy-cli not found at {COMFY}: run `bash scripts/setup.sh` (it installs comfy-cli there)")
-    return subprocess.run([str(COMFY), *args], cwd=cwd, capture_output=True, text=True, timeout=300, check=False,
-                          env={**os.environ, **OFFLINE})
+    return subprocess.run(
+        [str(COMFY), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, **OFFLINE},
+    )
 
 
 def requirement_names(lines) -> list[str]:
-    return [re.split(r"[<>=!~;\[ ]", line.strip(), maxsplit=1)[0].lower() for line in lines
-            if line.strip() and not line.lstrip().startswith("#")]
+    return [
+        re.split(r"[<>=!~;\[ ]", line.strip(), maxsplit=1)[0].lower()
+        for line in lines
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
 
 
 def test_comfy_node_validate_passes():
@@ -74,8 +90,9 @@ def test_requirements_match_pyproject_and_pin_nothing_of_comfyui():
     """requirements.txt (what ComfyUI-Manager installs) = pyproject dependencies minus the frontend range; no pins
     of what ComfyUI's environment owns."""
     reqs = requirement_names((ROOT / "requirements.txt").read_text().splitlines())
-    deps = requirement_names(d for d in PYPROJECT["project"]["dependencies"]
-                             if not d.startswith("comfyui-frontend-package"))
+    deps = requirement_names(
+        d for d in PYPROJECT["project"]["dependencies"] if not d.startswith("comfyui-frontend-package")
+    )
     assert reqs == deps
     for line in (ROOT / "requirements.txt").read_text().splitlines():
         name = requirement_names([line])
@@ -93,18 +110,30 @@ def test_published_archive(tmp_path):
     shutil.move(archive, kept)
     names = set(zipfile.ZipFile(kept).namelist())
 
-    tracked = set(subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
-                                 check=True).stdout.split())
-    wanted = {"__init__.py", "pyproject.toml", "requirements.txt", "README.md", "LICENSE", "web/icon.png",
-              "nodes/__init__.py", "xnemo_core/__init__.py", "scripts/convert_to_safetensors.py"}
+    tracked = set(
+        subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    )
+    wanted = {
+        "__init__.py",
+        "pyproject.toml",
+        "requirements.txt",
+        "README.md",
+        "LICENSE",
+        "web/icon.png",
+        "nodes/__init__.py",
+        "xnemo_core/__init__.py",
+        "scripts/convert_to_safetensors.py",
+    }
     wanted |= {p for p in tracked if p.startswith(("web/", "docs/", "example_workflows/", "nodes/", "xnemo_core/"))}
     assert {p for p in wanted if p.startswith("example_workflows/api/")}, "no API twins tracked?"
     assert not wanted - names, f"missing from the archive: {sorted(wanted - names)}"
     for image in re.findall(r"\]\((docs/images/[^)]+)\)", (ROOT / "README.md").read_text()):
         assert image in names, f"the README shows {image} but the archive lacks it"
 
-    unwanted = re.compile(r"^(tests|\.ci|test-artifacts|demo_output|output|\.tools|\.venv|\.comfyui)/|__pycache__|"
-                          r"\.pyc$|^node\.zip$|\.(pth|pt|ckpt|bin|safetensors)$")
+    unwanted = re.compile(
+        r"^(tests|\.ci|test-artifacts|demo_output|output|\.tools|\.venv|\.comfyui)/|__pycache__|"
+        r"\.pyc$|^node\.zip$|\.(pth|pt|ckpt|bin|safetensors)$"
+    )
     assert not sorted(n for n in names if unwanted.search(n)), sorted(n for n in names if unwanted.search(n))
 
 

@@ -49,14 +49,18 @@ def test_requirements_keep_an_installed_opencv_contrib(tmp_path):
     reqs = run(*pip, "-r", ROOT / "requirements.txt")
     assert reqs.returncode == 0, f"installing requirements.txt would need a download:\n{reqs.stdout}\n{reqs.stderr}"
 
-    check = run(python, "-c", """
+    check = run(
+        python,
+        "-c",
+        """
 import importlib.metadata as md, json, cv2
 cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
 print(json.dumps({"builds": sorted(d.metadata["Name"] for d in md.distributions()
                                    if d.metadata["Name"].lower().startswith("opencv")),
                   "version": cv2.__version__, "contrib": hasattr(cv2, "ximgproc"), "cascade": not cascade.empty(),
                   "file": cv2.__file__}))
-""")
+""",
+    )
     assert check.returncode == 0, check.stderr
     found = json.loads(check.stdout)
     assert found["builds"] == ["opencv-contrib-python"], found

@@ -23,7 +23,7 @@ NEWEST_DIR = Path(os.environ.get("XNEMO_NEWEST_FRONTEND") or ROOT / ".tools" / "
 
 @dataclass
 class Frontend:
-    name: str            # "pinned" or "newest"
+    name: str  # "pinned" or "newest"
     version: str
     static_root: Path | None  # None: the venv's package, as ComfyUI serves it by default
 
@@ -36,10 +36,13 @@ def newest_frontend() -> Frontend:
     static = NEWEST_DIR / "comfyui_frontend_package" / "static"
     metas = sorted(NEWEST_DIR.glob("comfyui_frontend_package-*.dist-info/METADATA"))
     if not (static / "index.html").is_file() or not metas:
-        pytest.fail(f"the newest frontend is not unpacked in {NEWEST_DIR}: run `bash scripts/setup.sh` (it downloads "
-                    "comfyui-frontend-package from PyPI into .tools/frontend-newest/)")
-    version = next(line.split(":", 1)[1].strip() for line in metas[-1].read_text().splitlines()
-                   if line.startswith("Version:"))
+        pytest.fail(
+            f"the newest frontend is not unpacked in {NEWEST_DIR}: run `bash scripts/setup.sh` (it downloads "
+            "comfyui-frontend-package from PyPI into .tools/frontend-newest/)"
+        )
+    version = next(
+        line.split(":", 1)[1].strip() for line in metas[-1].read_text().splitlines() if line.startswith("Version:")
+    )
     return Frontend("newest", version, static)
 
 

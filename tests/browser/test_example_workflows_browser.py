@@ -37,15 +37,22 @@ WORKFLOWS = sorted(p.stem for p in EXAMPLES.glob("*.json"))
 MAIN_WORKFLOW = "xnemo_portrait_animation"
 DOCS_IMAGE = ROOT / "docs" / "images" / "portrait_animation_workflow.png"
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 FRESH_PROFILE_404 = re.compile(r"/(user\.css|favicon\.ico|api/userdata\b.*)$")
 JOBS_API_404 = re.compile(r"/api/jobs\?")
 FRONTEND_STARTUP_BUG = "TypeError: Cannot read properties of undefined (reading 'id')\n    at onChange"
 JOBS_API_ERROR = "JobsApiError: Failed to fetch jobs: 404"
 OUR_WIDGETS = {"XNeMoInterpolateMotion": "easing_preview", "XNeMoSampleAnimation": "window_readout"}
-EXTENSIONS = sorted(set(re.findall(r'name:\s*"(XNeMo\.[A-Za-z]+)"',
-                                   "".join(p.read_text() for p in (ROOT / "web" / "js").glob("*.js")))))
+EXTENSIONS = sorted(
+    set(re.findall(r'name:\s*"(XNeMo\.[A-Za-z]+)"', "".join(p.read_text() for p in (ROOT / "web" / "js").glob("*.js"))))
+)
 MODES = {"classic": False, "vue": True}  # value of the setting Comfy.VueNodes.Enabled
 RUNS = [("pinned", "classic"), ("newest", "classic"), ("newest", "vue")]  # (frontend, node rendering mode)
 MIN_CHANGED_PIXELS = 10  # pixels our widget's drawing must change in its own screen area (small text when zoomed out)
@@ -102,11 +109,13 @@ REDRAW = """(hide) => {
 
 def _console_filter(local: str, aborted: set[str]):
     def wanted(text: str, url: str) -> bool:
-        ignored_url = (url in aborted or not url.startswith(local) or FRESH_PROFILE_404.search(url)
-                       or JOBS_API_404.search(url))
+        ignored_url = (
+            url in aborted or not url.startswith(local) or FRESH_PROFILE_404.search(url) or JOBS_API_404.search(url)
+        )
         if text.startswith("Failed to load resource") and ignored_url:
             return False
         return not (text.startswith(FRONTEND_STARTUP_BUG) or JOBS_API_ERROR in text)
+
     return wanted
 
 
@@ -119,9 +128,14 @@ def page(request, frontend_server):
     server = frontend_server(frontend_name)
     client = server.client()
     # No tutorial, no missing-models probe; the node rendering mode under test.
-    status, body = client.post_json("/settings", {"Comfy.TutorialCompleted": True,
-                                                  "Comfy.Workflow.ShowMissingModelsWarning": False,
-                                                  "Comfy.VueNodes.Enabled": MODES[mode]})
+    status, body = client.post_json(
+        "/settings",
+        {
+            "Comfy.TutorialCompleted": True,
+            "Comfy.Workflow.ShowMissingModelsWarning": False,
+            "Comfy.VueNodes.Enabled": MODES[mode],
+        },
+    )
     assert status == 200, body
 
     errors: list[str] = []
@@ -204,8 +218,12 @@ def _check_our_widgets(page, workflow: dict, label: str, shots: Path) -> None:
         assert entry["draws"] > 0 and entry["rect"], f"{label}: {kind} #{node_id}: {OUR_WIDGETS[kind]} was not drawn"
         r = entry["rect"]
         x0, y0 = max(0.0, r["x"]), max(0.0, r["y"])
-        clip = {"x": x0, "y": y0, "width": min(viewport["width"], r["x"] + r["width"]) - x0,
-                "height": min(viewport["height"], r["y"] + r["height"]) - y0}
+        clip = {
+            "x": x0,
+            "y": y0,
+            "width": min(viewport["width"], r["x"] + r["width"]) - x0,
+            "height": min(viewport["height"], r["y"] + r["height"]) - y0,
+        }
         assert clip["width"] > 20 and clip["height"] > 10, f"{label}: {kind} #{node_id} drew off screen: {r}"
         shown = page.screenshot(clip=clip)
         page.evaluate(REDRAW, True)
@@ -216,7 +234,8 @@ def _check_our_widgets(page, workflow: dict, label: str, shots: Path) -> None:
         (shots / f"{kind}-{node_id}-widget.png").write_bytes(shown)
         changed = _changed_pixels(shown, hidden)
         assert changed >= MIN_CHANGED_PIXELS, (
-            f"{label}: {kind} #{node_id}: drawing {OUR_WIDGETS[kind]} changed only {changed} pixels of its area {clip}")
+            f"{label}: {kind} #{node_id}: drawing {OUR_WIDGETS[kind]} changed only {changed} pixels of its area {clip}"
+        )
 
 
 @pytest.mark.parametrize("stem", WORKFLOWS)
@@ -265,8 +284,12 @@ def test_example_workflow_in_the_frontend(page, artifacts_dir, stem):
     page.wait_for_timeout(500)
     shot = shots / f"{stem}.png"
     page.screenshot(path=str(shot))
-    if (stem == MAIN_WORKFLOW and page.frontend.name == "pinned" and page.mode == "classic"
-            and os.environ.get("XNEMO_UPDATE_DOCS_SCREENSHOT") == "1"):
+    if (
+        stem == MAIN_WORKFLOW
+        and page.frontend.name == "pinned"
+        and page.mode == "classic"
+        and os.environ.get("XNEMO_UPDATE_DOCS_SCREENSHOT") == "1"
+    ):
         # The README's picture is refreshed on request only, so a test run leaves the checkout clean.
         DOCS_IMAGE.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shot, DOCS_IMAGE)

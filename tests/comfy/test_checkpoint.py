@@ -1,5 +1,5 @@
-"""xnemo_core.adapters.checkpoint on the tiny official-format fixture: reading, telling the four files apart, key checks with
-messages that name every difference, site splitting and the UNet sizes read from the tensors."""
+"""xnemo_core.adapters.checkpoint on the tiny official-format fixture: reading, telling the four files apart, key
+checks with messages that name every difference, site splitting and the UNet sizes read from the tensors."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ def files(fixture_dir) -> dict[str, dict[str, torch.Tensor]]:
 # ---------------------------------------------------------------------------------------------------------------
 # identify / expect_kind
 # ---------------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_identify_each_fixture_file(files, kind):
@@ -57,8 +58,11 @@ def test_expect_kind_names_the_files(files, given, actual):
 
 
 def test_expect_kind_on_a_foreign_file():
-    with pytest.raises(CheckpointError, match=r"^model\.ckpt was given as the motion encoder but it is not an X-NeMo "
-                                              r"file\. Pick xnemo_motion_encoder\.pth"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"^model\.ckpt was given as the motion encoder but it is not an X-NeMo "
+        r"file\. Pick xnemo_motion_encoder\.pth",
+    ):
         ckpt.expect_kind({"foo.weight": torch.zeros(1)}, "motion_encoder", "model.ckpt")
 
 
@@ -66,9 +70,11 @@ def test_expect_kind_on_a_foreign_file():
 # check_keys / check_float_dtypes
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def test_check_keys_accepts_an_exact_match():
-    ckpt.check_keys({"a": torch.Size([2, 3]), "b": torch.Size([])}, {"a": torch.zeros(2, 3), "b": torch.tensor(1.0)},
-                    "f.pth")
+    ckpt.check_keys(
+        {"a": torch.Size([2, 3]), "b": torch.Size([])}, {"a": torch.zeros(2, 3), "b": torch.tensor(1.0)}, "f.pth"
+    )
 
 
 def test_check_keys_lists_missing_unexpected_and_shapes():
@@ -93,8 +99,9 @@ def test_check_keys_shortens_long_listings():
 
 
 def test_check_float_dtypes():
-    ckpt.check_float_dtypes({"w": torch.zeros(1, dtype=torch.float16), "bn.num_batches_tracked": torch.tensor(3)},
-                            "f.pth")
+    ckpt.check_float_dtypes(
+        {"w": torch.zeros(1, dtype=torch.float16), "bn.num_batches_tracked": torch.tensor(3)}, "f.pth"
+    )
     with pytest.raises(CheckpointError, match=r"f\.pth stores weights as torch\.int8 \(w\)"):
         ckpt.check_float_dtypes({"w": torch.zeros(1, dtype=torch.int8)}, "f.pth")
 
@@ -107,6 +114,7 @@ def test_fixture_files_pass_dtype_check(files):
 # ---------------------------------------------------------------------------------------------------------------
 # split_sites / unet_shape / site_prefixes
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def test_split_sites_denoising(files):
     sd = files["denoising_unet"]
@@ -124,8 +132,11 @@ def test_split_sites_temporal(files):
 
 
 def test_split_sites_leaves_look_alikes_in_the_base():
-    sd = {"down_blocks.0.motion_modules.x.w": torch.zeros(1), "foo.motion_modules.0.w": torch.zeros(1),
-          "mid_block.temporal_modules.0.w": torch.zeros(1)}
+    sd = {
+        "down_blocks.0.motion_modules.x.w": torch.zeros(1),
+        "foo.motion_modules.0.w": torch.zeros(1),
+        "mid_block.temporal_modules.0.w": torch.zeros(1),
+    }
     base, sites = ckpt.split_sites(sd)
     assert set(base) == {"down_blocks.0.motion_modules.x.w", "foo.motion_modules.0.w"}
     assert set(sites["temporal_modules"]) == {"mid_block.temporal_modules.0.w"}
@@ -134,18 +145,35 @@ def test_split_sites_leaves_look_alikes_in_the_base():
 def test_unet_shape_tiny(files):
     base, _ = ckpt.split_sites(files["denoising_unet"])
     shape = ckpt.unet_shape(base, "xnemo_denoising_unet.pth")
-    assert shape == ckpt.UNetShape(model_channels=32, channel_mult=(1, 1, 1, 2), num_res_blocks=2, context_dim=768,
-                                   in_channels=4, attention_levels=(True, True, True, False), has_output=True)
+    assert shape == ckpt.UNetShape(
+        model_channels=32,
+        channel_mult=(1, 1, 1, 2),
+        num_res_blocks=2,
+        context_dim=768,
+        in_channels=4,
+        attention_levels=(True, True, True, False),
+        has_output=True,
+    )
     reference = ckpt.unet_shape(files["reference_unet"], "xnemo_reference_unet.pth")
-    assert reference == ckpt.UNetShape(model_channels=32, channel_mult=(1, 1, 1, 2), num_res_blocks=2, context_dim=768,
-                                       in_channels=4, attention_levels=(True, True, True, False), has_output=False)
+    assert reference == ckpt.UNetShape(
+        model_channels=32,
+        channel_mult=(1, 1, 1, 2),
+        num_res_blocks=2,
+        context_dim=768,
+        in_channels=4,
+        attention_levels=(True, True, True, False),
+        has_output=False,
+    )
 
 
 def test_unet_shape_names_the_file_and_key(files):
     sd = dict(files["reference_unet"])
     del sd["down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"]
-    with pytest.raises(CheckpointError, match=r"^ref\.pth is not an SD1\.5-style UNet: key "
-                                              r"down_blocks\.0\.attentions\.0\.transformer_blocks\.0\.attn2\.to_k"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"^ref\.pth is not an SD1\.5-style UNet: key "
+        r"down_blocks\.0\.attentions\.0\.transformer_blocks\.0\.attn2\.to_k",
+    ):
         ckpt.unet_shape(sd, "ref.pth")
 
 
@@ -156,14 +184,15 @@ def test_site_prefixes_match_the_fixture_files(files):
     assert prefixes[:2] == ["down_blocks.0.{kind}.0", "down_blocks.0.{kind}.1"]
     assert prefixes[8] == "mid_block.{kind}.0" and prefixes[-1] == "up_blocks.3.{kind}.2"
     for kind, file in (("motion_modules", "denoising_unet"), ("temporal_modules", "temporal_module")):
-        in_file = {m.group(1) + "." + m.group(2) + "." + m.group(3)
-                   for k in files[file] if (m := ckpt.SITE_KEY.match(k))}
+        in_file = {
+            m.group(1) + "." + m.group(2) + "." + m.group(3) for k in files[file] if (m := ckpt.SITE_KEY.match(k))
+        }
         assert in_file == {p.format(kind=kind) for p in prefixes}
 
 
 def test_convert_unet_keys_tiny(files):
-    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
     import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
     sd = files["reference_unet"]
     shape = ckpt.unet_shape(sd, "ref.pth")
@@ -174,14 +203,18 @@ def test_convert_unet_keys_tiny(files):
     converted = ckpt.convert_unet_keys(sd, shape, "ref.pth", expected)
     assert set(converted) == set(expected) and len(converted) == len(sd)
 
-    with pytest.raises(CheckpointError, match=r"^ref\.pth has 1 keys that are not part of an SD1\.5-style UNet: "
-                                              r"lora\.weight"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"^ref\.pth has 1 keys that are not part of an SD1\.5-style UNet: "
+        r"lora\.weight",
+    ):
         ckpt.convert_unet_keys({**sd, "lora.weight": torch.zeros(1)}, shape, "ref.pth", expected)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # load_state_dict_file
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def test_load_unwraps_and_strips_module_prefix(tmp_path):
     path = tmp_path / "wrapped.pth"

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from xnemo_pack.xnemo_core.adapters.checkpoint import load_state_dict_file
-from xnemo_pack.xnemo_core.pure.constants import CHECKPOINT_FILES
 from xnemo_pack.xnemo_core.adapters.model import XNeMoFiles, load_xnemo
+from xnemo_pack.xnemo_core.pure.constants import CHECKPOINT_FILES
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "convert_to_safetensors.py"
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
 from xnemo_pack.nodes.motion import XNeMoEncodeMotion
 from xnemo_pack.xnemo_core import pipeline
 from xnemo_pack.xnemo_core.adapters import face_model
@@ -30,17 +31,27 @@ def portrait(media_dir) -> torch.Tensor:
 def test_encode_motion_defaults_to_blazeface_and_finds_the_official_box(xnemo, portrait):
     defaults = {i.id: i.default for i in XNeMoEncodeMotion.define_schema().inputs if hasattr(i, "default")}
     assert defaults["detector"] == "blazeface" and pipeline.FaceOptions().detector == "blazeface"
-    args = {k: defaults[k] for k in ("detector", "face_index", "face_order", "crop_scale", "smoothing_sigma",
-                                     "missing_face", "f_rts_mode")}
+    args = {
+        k: defaults[k]
+        for k in ("detector", "face_index", "face_order", "crop_scale", "smoothing_sigma", "missing_face", "f_rts_mode")
+    }
     motion, _ = XNeMoEncodeMotion.execute(xnemo, portrait, **{**args, "crop_scale": 1.3}).result
     assert motion.boxes[0].tolist() == [127.0, 129.0, 381.0, 383.0]  # MediaPipe's box of this portrait
     assert motion.crop_scale == 1.3
 
 
 def test_reference_motion_crop_uses_the_motion_crop_scale(xnemo, portrait, monkeypatch):
-    motion, _ = XNeMoEncodeMotion.execute(xnemo, portrait, detector="blazeface", face_index=0, face_order="largest",
-                                          crop_scale=1.3, smoothing_sigma=5.0, missing_face="interpolate",
-                                          f_rts_mode="official").result
+    motion, _ = XNeMoEncodeMotion.execute(
+        xnemo,
+        portrait,
+        detector="blazeface",
+        face_index=0,
+        face_order="largest",
+        crop_scale=1.3,
+        smoothing_sigma=5.0,
+        missing_face="interpolate",
+        f_rts_mode="official",
+    ).result
     seen = []
 
     def spy(image, box, scale=1.1, size=224):
@@ -56,8 +67,11 @@ def test_reference_motion_crop_uses_the_motion_crop_scale(xnemo, portrait, monke
 def test_missing_model_file_says_where_to_put_it(monkeypatch, tmp_path):
     monkeypatch.setattr(blazeface, "BUNDLED_MODEL", tmp_path / "models" / blazeface.MODEL_NAME)
     monkeypatch.setattr(face_model.folder_paths, "get_full_path", lambda folder, name: None)
-    with pytest.raises(blazeface.BlazeFaceModelError, match=r"neither the pack's models/ folder .* nor "
-                                                            r"ComfyUI/models/x-nemo/.*or pick the 'haar' detector"):
+    with pytest.raises(
+        blazeface.BlazeFaceModelError,
+        match=r"neither the pack's models/ folder .* nor "
+        r"ComfyUI/models/x-nemo/.*or pick the 'haar' detector",
+    ):
         face_model.face_detector("blazeface")
     found = tmp_path / "x-nemo" / blazeface.MODEL_NAME
     found.parent.mkdir()

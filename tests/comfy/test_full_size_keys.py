@@ -30,10 +30,16 @@ from xnemo_pack.xnemo_core.pure.errors import CheckpointError
 
 META = torch.device("meta")
 SD15 = dict(
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280),
     down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
     up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    attention_head_dim=8, cross_attention_dim=768, norm_num_groups=32,
+    attention_head_dim=8,
+    cross_attention_dim=768,
+    norm_num_groups=32,
 )
 MOTION_TOKEN_DIM = 16
 TEMPORAL_PE_LEN = 32
@@ -46,6 +52,7 @@ FILES = ckpt.CHECKPOINT_FILES
 # ---------------------------------------------------------------------------------------------------------------
 # Building the full-size dicts (no xnemo_core involved)
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def diffusers_unet(config: dict):
     from diffusers import UNet2DConditionModel
@@ -87,7 +94,7 @@ def site_shape(suffix: str, channels: int, kind: str) -> tuple[int, ...]:
 
 def site_suffixes(fixture_sd: dict, kind: str) -> list[str]:
     head = f"down_blocks.0.{kind}.0."
-    return [k[len(head):] for k in fixture_sd if k.startswith(head)]
+    return [k[len(head) :] for k in fixture_sd if k.startswith(head)]
 
 
 def site_dict(unet, suffixes: list[str], kind: str, dtype=torch.float16) -> dict[str, torch.Tensor]:
@@ -96,7 +103,8 @@ def site_dict(unet, suffixes: list[str], kind: str, dtype=torch.float16) -> dict
         for suffix in suffixes:
             shape = site_shape(suffix, c, kind)
             out[f"{prefix.format(kind=kind)}.{suffix}"] = torch.empty(
-                shape, dtype=torch.float32 if suffix.endswith(".pe") else dtype, device=META)
+                shape, dtype=torch.float32 if suffix.endswith(".pe") else dtype, device=META
+            )
     return out
 
 
@@ -118,8 +126,9 @@ def encoder_shape(key: str, fixture_sd: dict, width: int) -> tuple[int, ...]:
 
 
 def encoder_dict(fixture_sd: dict, width: int) -> dict[str, torch.Tensor]:
-    return {k: torch.empty(encoder_shape(k, fixture_sd, width), dtype=v.dtype, device=META)
-            for k, v in fixture_sd.items()}
+    return {
+        k: torch.empty(encoder_shape(k, fixture_sd, width), dtype=v.dtype, device=META) for k, v in fixture_sd.items()
+    }
 
 
 def meta(sd: dict, dtype=torch.float16) -> dict[str, torch.Tensor]:
@@ -138,10 +147,13 @@ def millions(n: int) -> float:
 # Fixtures
 # ---------------------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def tiny_files(fixture_dir):
-    return {kind: torch.load(str(fixture_dir / f"{name}.pth"), map_location="cpu", weights_only=True, mmap=True)
-            for kind, name in FILES.items()}
+    return {
+        kind: torch.load(str(fixture_dir / f"{name}.pth"), map_location="cpu", weights_only=True, mmap=True)
+        for kind, name in FILES.items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -153,14 +165,16 @@ def official_unet():
 def full(official_unet, tiny_files) -> dict[str, dict[str, torch.Tensor]]:
     unet = meta(official_unet.state_dict())
     motion = site_dict(official_unet, site_suffixes(tiny_files["denoising_unet"], "motion_modules"), "motion_modules")
-    temporal = site_dict(official_unet, site_suffixes(tiny_files["temporal_module"], "temporal_modules"),
-                         "temporal_modules")
+    temporal = site_dict(
+        official_unet, site_suffixes(tiny_files["temporal_module"], "temporal_modules"), "temporal_modules"
+    )
     return {
         "denoising_unet": {**unet, **motion},
         "temporal_module": temporal,
         "reference_unet": {k: v for k, v in unet.items() if not k.startswith(HEAD)},
         "motion_encoder": encoder_dict(tiny_files["motion_encoder"], ENCODER_WIDTH),
-        "_unet": unet, "_motion": motion,
+        "_unet": unet,
+        "_motion": motion,
     }
 
 
@@ -186,6 +200,7 @@ def meta_loader(monkeypatch, full):
 # ---------------------------------------------------------------------------------------------------------------
 # The synthesis rule reproduces the tiny fixture exactly
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def test_rule_reproduces_tiny_fixture(tiny_files, fixture_dir):
     import json
@@ -216,6 +231,7 @@ def test_rule_reproduces_tiny_fixture(tiny_files, fixture_dir):
 # Official sizes (reference doc §2-3)
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def test_full_size_counts_match_reference_doc(full, manifest):
     unet, motion = full["_unet"], full["_motion"]
     assert len(site_widths_of(full["denoising_unet"], "motion_modules")) == 21
@@ -244,6 +260,7 @@ def site_widths_of(sd: dict, kind: str) -> list[str]:
 # Our loader's validation at full size
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def test_identify_full_size(full):
     for kind in FILES:
         assert ckpt.identify(full[kind]) == kind
@@ -262,14 +279,15 @@ def test_unet_shape_full_size(full):
 
 def test_unet_keys_convert_one_to_one(full, official_unet):
     """convert_unet_keys against a ComfyUI UNetModel built on meta: every key mapped, no shape differs."""
-    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
     import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
     for kind in ("denoising_unet", "reference_unet"):
         sd = ckpt.split_sites(full[kind])[0]
         shape = ckpt.unet_shape(sd, kind)
-        unet = UNetModel(**shape.comfy_config(), dtype=torch.float16, device=META,
-                         operations=comfy.ops.disable_weight_init)
+        unet = UNetModel(
+            **shape.comfy_config(), dtype=torch.float16, device=META, operations=comfy.ops.disable_weight_init
+        )
         if not shape.has_output:
             unet.out = torch.nn.Identity()
         expected = {k: v.shape for k, v in unet.state_dict().items()}
@@ -281,6 +299,7 @@ def test_unet_keys_convert_one_to_one(full, official_unet):
 def test_load_xnemo_full_size(meta_loader, official_unet):
     from comfy.ldm.modules.attention import CrossAttention
     from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
+
     from xnemo_pack.xnemo_core.adapters.unet_patch import site_slots
 
     model, bundle = meta_loader()
@@ -291,8 +310,10 @@ def test_load_xnemo_full_size(meta_loader, official_unet):
     widths = list(site_widths(official_unet).values())
     assert [s.motion.temporal_transformer.proj_in.in_features for s in site_modules] == widths
     for site in site_modules:
-        for attn in (*site.motion.temporal_transformer.transformer_blocks[0].attention_blocks,
-                     *site.temporal.temporal_transformer.transformer_blocks[0].attention_blocks):
+        for attn in (
+            *site.motion.temporal_transformer.transformer_blocks[0].attention_blocks,
+            *site.temporal.temporal_transformer.transformer_blocks[0].attention_blocks,
+        ):
             assert attn.heads == 8
     # ...and each lands after a ComfyUI block of that width.
     slots = site_slots(unet)

@@ -22,6 +22,7 @@ import comfy.model_management as mm
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
+
 from xnemo_pack.xnemo_core.adapters import model as xmodel
 from xnemo_pack.xnemo_core.adapters import sampling
 from xnemo_pack.xnemo_core.adapters.reference_bank import compute_reference_bank
@@ -30,7 +31,7 @@ from xnemo_pack.xnemo_core.pure.constants import CHECKPOINT_FILES, LATENT_SCALE
 
 pytestmark = pytest.mark.slow
 
-UNIT_ROUNDOFF = {"fp16": 2.0 ** -11, "bf16": 2.0 ** -8}
+UNIT_ROUNDOFF = {"fp16": 2.0**-11, "bf16": 2.0**-8}
 HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
 FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 COMPUTE_OPS = {"linear", "conv2d", "scaled_dot_product_attention", "baddbmm", "bmm", "matmul", "einsum"}
@@ -77,8 +78,11 @@ def run(fixture_dir, inputs, weight_dtype: str):
         ref_features = bundle.encode_faces(inputs["ref_crop_u8"].float() / 127.5 - 1)
         ref_tokens = bundle.fuse(ref_features, inputs["ref_bbox_params"])
         bank = compute_reference_bank(bundle.reference, inputs["single.ref_latent"], inputs["clip_embed"])
-        results = {"features": features, "tokens": tokens,
-                   "bank": torch.cat([v.float().flatten() for v in bank.blocks.values()])}
+        results = {
+            "features": features,
+            "tokens": tokens,
+            "bank": torch.cat([v.float().flatten() for v in bank.blocks.values()]),
+        }
         for name, frames, steps in (("one step", 8, 1), ("clip", 10, 3)):
             positive, negative = xnemo_conditioning(inputs["clip_embed"], bank, tokens[:frames], ref_tokens)
             latent = sampling.blurred_reference(inputs["single.ref_latent"], frames) / LATENT_SCALE
@@ -118,19 +122,23 @@ def test_half_precision_matches_fp32(fixture_dir, inputs, fp32, weight_dtype, mo
     for stage, reference in fp32.items():
         err = (half[stage].float() - reference).abs().max().item()
         scale = reference.abs().max().item()
-        print(f"{weight_dtype} {stage}: max abs err {err:.3g} of {scale:.3g} = {err / scale / UNIT_ROUNDOFF[weight_dtype]:.1f} u")
+        units = err / scale / UNIT_ROUNDOFF[weight_dtype]
+        print(f"{weight_dtype} {stage}: max abs err {err:.3g} of {scale:.3g} = {units:.1f} u")
         assert err > 0, f"{stage} did not run in {weight_dtype}"
         assert err <= tolerance * scale
 
 
 def test_auto_picks_the_official_dtype(monkeypatch):
     """auto = what the official runs on the GPU (fp16), bf16 where fp16 is not usable, fp32 on the CPU."""
-    assert xmodel.pick_precision("auto", 10 ** 9).weight == torch.float32  # this machine: CPU
+    assert xmodel.pick_precision("auto", 10**9).weight == torch.float32  # this machine: CPU
     monkeypatch.setattr(mm, "get_torch_device", lambda: torch.device("cuda", 0))
-    for fp16, bf16, expected in ((True, True, torch.float16), (False, True, torch.bfloat16),
-                                 (False, False, torch.float32)):
+    for fp16, bf16, expected in (
+        (True, True, torch.float16),
+        (False, True, torch.bfloat16),
+        (False, False, torch.float32),
+    ):
         monkeypatch.setattr(mm, "should_use_fp16", lambda *a, _v=fp16, **k: _v)
         monkeypatch.setattr(mm, "should_use_bf16", lambda *a, _v=bf16, **k: _v)
-        precision = xmodel.pick_precision("auto", 10 ** 9)
+        precision = xmodel.pick_precision("auto", 10**9)
         assert precision.weight == expected, f"fp16 usable {fp16}, bf16 usable {bf16}"
         assert precision.manual_cast is None, "computes in the dtype it stores"

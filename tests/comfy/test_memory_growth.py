@@ -50,13 +50,20 @@ def one_run(loaded, fixture_dir, seed: int):
     golden = load_file(fixture_dir / "golden.safetensors")
     model, xnemo = loaded
     bank = reference_bank.compute_reference_bank(xnemo.reference, inputs["multi.ref_latent"], inputs["clip_embed"])
-    positive, negative = unet_patch.xnemo_conditioning(inputs["clip_embed"], bank, golden["motenc.drive.tokens"][:FRAMES],
-                                                       golden["motenc.ref.tokens"])
+    positive, negative = unet_patch.xnemo_conditioning(
+        inputs["clip_embed"], bank, golden["motenc.drive.tokens"][:FRAMES], golden["motenc.ref.tokens"]
+    )
     start = sampling.blurred_reference(inputs["multi.ref_latent"], FRAMES) / LATENT_SCALE
     settings = sampling.SampleSettings(seed=seed, steps=1, context_length=8, context_overlap=2)
     latent = sampling.sample_animation(model, positive, negative, start, settings)
-    return {"bank": bank, "positive": positive, "negative": negative, "latent": latent, "inputs": inputs,
-            "golden": golden}
+    return {
+        "bank": bank,
+        "positive": positive,
+        "negative": negative,
+        "latent": latent,
+        "inputs": inputs,
+        "golden": golden,
+    }
 
 
 def run_bytes(outputs) -> int:

@@ -28,7 +28,9 @@ def test_estimate_is_one_window_from_24_to_1000_frames():
     plans = {n: memory_plan.plan_sampling(8, n, PX) for n in (24, 1000)}
     window = comfy_estimate(2 * 24)  # the CFG rows of one 24-frame window
     for n, p in plans.items():
-        print(f"{n} frames: reservation {p.memory_required / GiB:.2f} GiB, minimum {p.minimum_memory_required / GiB:.2f}")
+        print(
+            f"{n} frames: reservation {p.memory_required / GiB:.2f} GiB, minimum {p.minimum_memory_required / GiB:.2f}"
+        )
         assert p.memory_required == pytest.approx(window, rel=1e-9)
         assert p.minimum_memory_required == pytest.approx(window / 2, rel=1e-9)
     # Without the pack's PREPARE_SAMPLING wrapper ComfyUI sizes it from the whole clip: 1000/24 times more.
@@ -43,8 +45,11 @@ def test_estimate_is_one_window_from_24_to_1000_frames():
 def test_unet_and_sites_load_fully(card_gb):
     p = memory_plan.plan_sampling(card_gb, 1000, PX)
     names = sorted(m.name for m in p.models)
-    print(f"{card_gb} GB, 1000 frames: " + ", ".join(f"{m.name} {m.loaded / GiB:.2f}/{m.size / GiB:.2f} GiB"
-                                                      for m in p.models) + f", {p.cfg_rows_per_call} rows per call")
+    print(
+        f"{card_gb} GB, 1000 frames: "
+        + ", ".join(f"{m.name} {m.loaded / GiB:.2f}/{m.size / GiB:.2f} GiB" for m in p.models)
+        + f", {p.cfg_rows_per_call} rows per call"
+    )
     assert names == ["BaseModel", "XNeMoSites"], "the UNet and its 21 sites are what sampling loads"
     assert p.weights == pytest.approx(3.14 * GiB, rel=0.01)  # 1.69B parameters in fp16
     assert p.unet_fully_loaded

@@ -8,6 +8,7 @@ import folder_paths
 import pytest
 import torch
 from motion_samples import assert_same, motion
+
 from xnemo_pack.nodes.motion_file import XNeMoLoadMotion, XNeMoSaveMotion, motion_file_choices
 from xnemo_pack.xnemo_core.pure.motion_file import MotionFileError
 
@@ -38,8 +39,11 @@ def test_save_then_load_from_the_list(folders):
     torch.save({"x": 1}, inputs / "not_a_motion.safetensors")
     (inputs / "picture.png").write_bytes(b"png")
     choices = motion_file_choices()
-    assert choices == ["copied.safetensors", "xnemo_motion/walk_00001_.safetensors [output]",
-                       "xnemo_motion/walk_00002_.safetensors [output]"]
+    assert choices == [
+        "copied.safetensors",
+        "xnemo_motion/walk_00001_.safetensors [output]",
+        "xnemo_motion/walk_00002_.safetensors [output]",
+    ]
     schema_options = XNeMoLoadMotion.define_schema().inputs[0].options
     assert schema_options == choices
 
@@ -47,7 +51,8 @@ def test_save_then_load_from_the_list(folders):
         assert XNeMoLoadMotion.validate_inputs(motion_file=choice) is True
         assert_same(original, XNeMoLoadMotion.execute(motion_file=choice).result[0])
     assert XNeMoLoadMotion.fingerprint_inputs("copied.safetensors") == XNeMoLoadMotion.fingerprint_inputs(
-        "xnemo_motion/walk_00001_.safetensors [output]")
+        "xnemo_motion/walk_00001_.safetensors [output]"
+    )
 
 
 def test_load_refuses_missing_and_foreign_files(folders):

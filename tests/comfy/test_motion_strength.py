@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
 from xnemo_pack.nodes.motion import XNeMoEncodeMotion
 from xnemo_pack.nodes.reference import XNeMoReferenceCondition
 from xnemo_pack.xnemo_core.adapters.model import XNeMoFiles, load_xnemo
@@ -39,12 +40,23 @@ def setup(fixture_dir, media_dir):
     image = Image.open(media_dir / "ref_image.png").convert("RGB")
     portrait = torch.from_numpy(np.asarray(image.resize((SIZE, SIZE), Image.LANCZOS), dtype=np.float32) / 255)[None]
     # driving: the portrait moved and zoomed, so f_rts_mode 'relative' gives every frame its own head parameter
-    moved = [portrait, torch.roll(portrait, 6, dims=2),
-             torch.nn.functional.interpolate(portrait.permute(0, 3, 1, 2), scale_factor=1.2,
-                                             mode="bilinear")[..., 6:6 + SIZE, 10:10 + SIZE].permute(0, 2, 3, 1)]
-    driving = XNeMoEncodeMotion.execute(xnemo, torch.cat(moved), **FACE_ARGS, crop_scale=1.1, smoothing_sigma=0.0,
-                                        missing_face="interpolate", f_rts_mode="relative",
-                                        reference=portrait).result[0]
+    moved = [
+        portrait,
+        torch.roll(portrait, 6, dims=2),
+        torch.nn.functional.interpolate(portrait.permute(0, 3, 1, 2), scale_factor=1.2, mode="bilinear")[
+            ..., 6 : 6 + SIZE, 10 : 10 + SIZE
+        ].permute(0, 2, 3, 1),
+    ]
+    driving = XNeMoEncodeMotion.execute(
+        xnemo,
+        torch.cat(moved),
+        **FACE_ARGS,
+        crop_scale=1.1,
+        smoothing_sigma=0.0,
+        missing_face="interpolate",
+        f_rts_mode="relative",
+        reference=portrait,
+    ).result[0]
     return xnemo, clip_vision, vae, portrait, driving
 
 
@@ -55,10 +67,21 @@ def branches(setup) -> dict:
     out = {}
     for strength in (0.0, 0.5, 1.0):
         positive, negative, *_ = XNeMoReferenceCondition.execute(
-            xnemo, portrait, clip_vision, vae, driving, SIZE, SIZE, **FACE_ARGS, motion_strength=strength,
-            head_strength=strength).result
-        out[strength] = (positive[0][1]["model_conds"][MOTION_COND].cond,
-                         negative[0][1]["model_conds"][MOTION_COND].cond)
+            xnemo,
+            portrait,
+            clip_vision,
+            vae,
+            driving,
+            SIZE,
+            SIZE,
+            **FACE_ARGS,
+            motion_strength=strength,
+            head_strength=strength,
+        ).result
+        out[strength] = (
+            positive[0][1]["model_conds"][MOTION_COND].cond,
+            negative[0][1]["model_conds"][MOTION_COND].cond,
+        )
     return out
 
 

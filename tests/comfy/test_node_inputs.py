@@ -22,16 +22,31 @@ from xnemo_pack.nodes.motion import XNeMoEncodeMotion
 from xnemo_pack.nodes.reference import XNeMoReferenceCondition
 from xnemo_pack.nodes.sample import XNeMoSampleAnimation
 from xnemo_pack.xnemo_core.adapters import sampling
+from xnemo_pack.xnemo_core.adapters.model import XNeMoFiles, load_xnemo
 from xnemo_pack.xnemo_core.pure.constants import CHECKPOINT_FILES
 from xnemo_pack.xnemo_core.pure.errors import XNeMoError
-from xnemo_pack.xnemo_core.adapters.model import XNeMoFiles, load_xnemo
 
 SIZE = 128
 FACE_ARGS = {"detector": "haar", "face_index": 0, "face_order": "largest"}
-MOTION_ARGS = {**FACE_ARGS, "crop_scale": 1.1, "smoothing_sigma": 5.0, "missing_face": "interpolate",
-               "f_rts_mode": "official"}
-SAMPLE_ARGS = {"seed": 0, "steps": 1, "cfg": 2.5, "sampler_name": "xnemo_ddim", "scheduler": "xnemo_ddim",
-               "denoise": 1.0, "context_length": 24, "context_overlap": 4, "closed_loop": True, "offset_mode": "seeded"}
+MOTION_ARGS = {
+    **FACE_ARGS,
+    "crop_scale": 1.1,
+    "smoothing_sigma": 5.0,
+    "missing_face": "interpolate",
+    "f_rts_mode": "official",
+}
+SAMPLE_ARGS = {
+    "seed": 0,
+    "steps": 1,
+    "cfg": 2.5,
+    "sampler_name": "xnemo_ddim",
+    "scheduler": "xnemo_ddim",
+    "denoise": 1.0,
+    "context_length": 24,
+    "context_overlap": 4,
+    "closed_loop": True,
+    "offset_mode": "seeded",
+}
 
 
 @pytest.fixture(scope="module")
@@ -58,19 +73,28 @@ def test_grayscale_driving_frames(xnemo, portrait, channels):
 
 
 def test_empty_inputs_name_the_input(xnemo, portrait):
-    with pytest.raises(ValueError, match=r"images must be a batch of at least one frame, got shape \(0, 128, 128, 3\): "
-                                         r"connect driving video frames"):
+    with pytest.raises(
+        ValueError,
+        match=r"images must be a batch of at least one frame, got shape \(0, 128, 128, 3\): "
+        r"connect driving video frames",
+    ):
         encode(xnemo, portrait[:0])
     motion = encode(xnemo, portrait)
-    with pytest.raises(ValueError, match=r"image must be one picture \[1, H, W, C\], got shape \(0, 128, 128, 3\): "
-                                         r"connect the portrait"):
+    with pytest.raises(
+        ValueError,
+        match=r"image must be one picture \[1, H, W, C\], got shape \(0, 128, 128, 3\): "
+        r"connect the portrait",
+    ):
         XNeMoReferenceCondition.execute(xnemo[1], portrait[:0], None, None, motion, SIZE, SIZE, **FACE_ARGS)
 
 
 def test_frame_count_above_the_cap(xnemo):
     latent = {"samples": torch.zeros(1, 4, 16, 16).expand(sampling.MAX_FRAMES + 1, -1, -1, -1)}
-    with pytest.raises(XNeMoError, match=f"the latent has {sampling.MAX_FRAMES + 1} frames; X-NeMo samples "
-                                         f"1..{sampling.MAX_FRAMES} frames per run"):
+    with pytest.raises(
+        XNeMoError,
+        match=f"the latent has {sampling.MAX_FRAMES + 1} frames; X-NeMo samples "
+        f"1..{sampling.MAX_FRAMES} frames per run",
+    ):
         XNeMoSampleAnimation.execute(xnemo[0], None, None, latent, **SAMPLE_ARGS)
 
 
@@ -83,26 +107,36 @@ def test_several_faces_follow_face_index(xnemo, portrait):
 
 
 def test_sample_validate_inputs_checks_ranges():
-    assert XNeMoSampleAnimation.validate_inputs(steps=0) == "steps is 0: it must be at least 1 (the official value is 35)"
+    assert (
+        XNeMoSampleAnimation.validate_inputs(steps=0) == "steps is 0: it must be at least 1 (the official value is 35)"
+    )
     assert XNeMoSampleAnimation.validate_inputs(steps=1001, scheduler="normal") == (
-        "steps is 1001: the largest allowed value is 1000")
+        "steps is 1001: the largest allowed value is 1000"
+    )
     assert "context_overlap is -1: the smallest allowed value is 0" in XNeMoSampleAnimation.validate_inputs(
-        context_overlap=-1)
+        context_overlap=-1
+    )
     assert "context_length is 0" in XNeMoSampleAnimation.validate_inputs(context_length=0)
     assert "denoise is 0.0" in XNeMoSampleAnimation.validate_inputs(denoise=0.0)
     assert "steps / denoise is 1000" in XNeMoSampleAnimation.validate_inputs(steps=500, denoise=0.5)
-    assert "scheduler is 'nope', which is not one of: xnemo_ddim" in XNeMoSampleAnimation.validate_inputs(scheduler="nope")
-    assert "context_overlap (4) must be smaller" in XNeMoSampleAnimation.validate_inputs(context_length=4,
-                                                                                          context_overlap=4)
+    assert "scheduler is 'nope', which is not one of: xnemo_ddim" in XNeMoSampleAnimation.validate_inputs(
+        scheduler="nope"
+    )
+    assert "context_overlap (4) must be smaller" in XNeMoSampleAnimation.validate_inputs(
+        context_length=4, context_overlap=4
+    )
     assert XNeMoSampleAnimation.validate_inputs(steps=1, context_length=1, context_overlap=0) is True
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"seed": -1}, "seed is -1: use a whole number from 0 to 18446744073709551615"),
-    ({"seed": 2**64}, "seed is 18446744073709551616"),
-    ({"cfg": -0.5}, "cfg is -0.5: use 0..30"),
-    ({"cfg": float("nan")}, "cfg is nan"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"seed": -1}, "seed is -1: use a whole number from 0 to 18446744073709551615"),
+        ({"seed": 2**64}, "seed is 18446744073709551616"),
+        ({"cfg": -0.5}, "cfg is -0.5: use 0..30"),
+        ({"cfg": float("nan")}, "cfg is nan"),
+    ],
+)
 def test_sample_settings_refuse_seed_and_cfg_out_of_range(change, message):
     """For callers that skip ComfyUI's queue-time checks (in-process use): the same ranges as the node's inputs."""
     with pytest.raises(XNeMoError, match=re.escape(message)):
@@ -132,6 +166,7 @@ def outside_connections(monkeypatch) -> list:
                 seen.append((name, address))
                 raise OSError(f"network access during a test: {name} {address}")
             return original(sock, address, *args, **kwargs)
+
         return wrapper
 
     monkeypatch.setattr(socket.socket, "connect", guard(socket.socket.connect, "connect"))
@@ -168,7 +203,6 @@ def test_whole_pipeline_opens_no_socket(tmp_path_factory, fixture_dir, portrait,
     import comfy.clip_vision
     import comfy.sd
     import comfy.utils
-
     from make_tiny_weights import write_tiny_models
 
     root = tmp_path_factory.getbasetemp() / "xnemo_tiny_models"  # shared with the server hardening tests
@@ -176,13 +210,15 @@ def test_whole_pipeline_opens_no_socket(tmp_path_factory, fixture_dir, portrait,
     import folder_paths
 
     folder_paths.add_model_folder_path("x-nemo", str(fixture_dir))
-    model, xnemo = XNeMoLoader.execute(**{role: f"{stem}.pth" for role, stem in CHECKPOINT_FILES.items()},
-                                       weight_dtype="fp32").result
+    model, xnemo = XNeMoLoader.execute(
+        **{role: f"{stem}.pth" for role, stem in CHECKPOINT_FILES.items()}, weight_dtype="fp32"
+    ).result
     clip_vision = comfy.clip_vision.load(str(root / "clip_vision" / written["clip_vision"]))
     vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(root / "vae" / written["vae"])))
     motion = XNeMoEncodeMotion.execute(xnemo, portrait.expand(2, -1, -1, -1), **MOTION_ARGS).result[0]
-    positive, negative, latent, _, _ = XNeMoReferenceCondition.execute(xnemo, portrait, clip_vision, vae, motion, SIZE,
-                                                                       SIZE, **FACE_ARGS).result
+    positive, negative, latent, _, _ = XNeMoReferenceCondition.execute(
+        xnemo, portrait, clip_vision, vae, motion, SIZE, SIZE, **FACE_ARGS
+    ).result
     out = XNeMoSampleAnimation.execute(model, positive, negative, latent, **SAMPLE_ARGS).result[0]
     frames = vae.decode(out["samples"])
     assert frames.shape[-3:] == (SIZE, SIZE, 3) and frames.reshape(-1, SIZE, SIZE, 3).shape[0] == 2

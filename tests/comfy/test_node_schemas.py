@@ -10,9 +10,18 @@ import pytest
 from xnemo_pack.nodes import _all_nodes, register_model_folder
 
 ROOT = Path(__file__).resolve().parents[2]
-NODE_IDS = {"XNeMoLoader", "XNeMoEncodeMotion", "XNeMoReferenceCondition", "XNeMoSampleAnimation",
-            "XNeMoInterpolateMotion", "XNeMoPasteBack", "XNeMoSaveMotion", "XNeMoLoadMotion", "XNeMoVAELoader",
-            "XNeMoVAEDecode"}
+NODE_IDS = {
+    "XNeMoLoader",
+    "XNeMoEncodeMotion",
+    "XNeMoReferenceCondition",
+    "XNeMoSampleAnimation",
+    "XNeMoInterpolateMotion",
+    "XNeMoPasteBack",
+    "XNeMoSaveMotion",
+    "XNeMoLoadMotion",
+    "XNeMoVAELoader",
+    "XNeMoVAEDecode",
+}
 
 
 def schemas():

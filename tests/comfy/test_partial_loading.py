@@ -21,6 +21,7 @@ import comfy.model_management as mm
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
+
 from xnemo_pack.xnemo_core.adapters import sampling
 from xnemo_pack.xnemo_core.adapters.model import XNeMoFiles, load_xnemo
 from xnemo_pack.xnemo_core.adapters.reference_bank import compute_reference_bank, run_reference_unet
@@ -60,8 +61,10 @@ class OneDevicePerOp(TorchFunctionMode):
             visit(a)
         name = getattr(func, "__name__", str(func))
         if len(devices) > 1 and name not in MOVES:
-            raise AssertionError(f"torch.{name} mixes devices {sorted(map(str, devices))}: a tensor used in forward "
-                                 f"is not moved by ComfyUI")
+            raise AssertionError(
+                f"torch.{name} mixes devices {sorted(map(str, devices))}: a tensor used in forward "
+                f"is not moved by ComfyUI"
+            )
         self.ops += 1
         return func(*args, **kwargs)
 
@@ -87,8 +90,9 @@ def test_every_tensor_follows_the_activations(fixture_dir, fraction, monkeypatch
     load_on_meta(bundle.reference, fraction)
     bundle.reference.load_device = META  # run_reference_unet sends its inputs to the patcher's load device
     monkeypatch.setattr(mm, "load_models_gpu", lambda models, *a, **k: None)  # loaded above with this budget
-    monkeypatch.setattr(mm, "get_free_memory", lambda dev=None, torch_free_too=False: (
-        (8 << 30, 8 << 30) if torch_free_too else 8 << 30))  # what ComfyUI's attention asks the card
+    monkeypatch.setattr(
+        mm, "get_free_memory", lambda dev=None, torch_free_too=False: (8 << 30, 8 << 30) if torch_free_too else 8 << 30
+    )  # what ComfyUI's attention asks the card
     with OneDevicePerOp() as mode:
         blocks, out = run_reference_unet(bundle.reference, torch.zeros(1, 4, 16, 16), torch.zeros(1, 1, 768))
     assert out.device == META and blocks and mode.ops > 100
@@ -141,21 +145,29 @@ def run_chain(fixture_dir, inputs, budget: int | None):
     original = mm.LoadedModel.model_load
     if budget is not None:  # what a small card makes load_models_gpu pass down
         mm.LoadedModel.model_load = lambda self, lowvram_model_memory=0, force_patch_weights=False: original(
-            self, budget, force_patch_weights)
+            self, budget, force_patch_weights
+        )
     try:
         crops = inputs["driving_crops_u8"][:4].float() / 127.5 - 1
         features = bundle.encode_faces(crops)
-        state = {type(m.model.model).__name__: (m.model.model.model_lowvram, m.model.lowvram_patch_counter())
-                 for m in mm.current_loaded_models}
+        state = {
+            type(m.model.model).__name__: (m.model.model.model_lowvram, m.model.lowvram_patch_counter())
+            for m in mm.current_loaded_models
+        }
         bank = compute_reference_bank(bundle.reference, inputs["single.ref_latent"], inputs["clip_embed"])
         frames = 6
         tokens = bundle.fuse(features, inputs["bbox_params"][:4]).repeat(2, 1, 1)[:frames]
         positive, negative = xnemo_conditioning(inputs["clip_embed"], bank, tokens, tokens[:1])
         latent = sampling.blurred_reference(inputs["single.ref_latent"], frames) / 0.18215
-        clip = sampling.sample_animation(model, positive, negative, latent,
-                                         sampling.SampleSettings(steps=1, context_length=4, context_overlap=2))
-        state.update({type(m.model.model).__name__: (m.model.model.model_lowvram, m.model.lowvram_patch_counter())
-                      for m in mm.current_loaded_models})
+        clip = sampling.sample_animation(
+            model, positive, negative, latent, sampling.SampleSettings(steps=1, context_length=4, context_overlap=2)
+        )
+        state.update(
+            {
+                type(m.model.model).__name__: (m.model.model.model_lowvram, m.model.lowvram_patch_counter())
+                for m in mm.current_loaded_models
+            }
+        )
         return features, bank, clip, state
     finally:
         mm.LoadedModel.model_load = original

@@ -6,6 +6,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import torch
+
 from xnemo_pack.xnemo_core.adapters.reference_bank import ReferenceBank
 
 

@@ -50,14 +50,24 @@ def setup():
 
 def state_for(bank, unet, flags, replace_patched=False):
     flags = torch.tensor(flags)
-    return CallState(motion=torch.zeros(len(flags), 32, 16), use_reference=flags, bank=bank, frames=len(flags),
-                     unet=unet, replace_patched=replace_patched)
+    return CallState(
+        motion=torch.zeros(len(flags), 32, 16),
+        use_reference=flags,
+        bank=bank,
+        frames=len(flags),
+        unet=unet,
+        replace_patched=replace_patched,
+    )
 
 
 def run_block(attn, state, n, patches=(), previous=None):
     """What ComfyUI's BasicTransformerBlock does around attn1: attn1 patches, then attn1 with transformer_options."""
-    options = {PATCH_KEY: state, "block": KEY[:2], "block_index": KEY[2],
-               "optimized_attention_override": ReferenceAttention(previous)}
+    options = {
+        PATCH_KEY: state,
+        "block": KEY[:2],
+        "block_index": KEY[2],
+        "optimized_attention_override": ReferenceAttention(previous),
+    }
     extra = {k: v for k, v in options.items() if k != "optimized_attention_override"}
     context, value = n, n
     for p in [*patches, ReferenceAttentionPatch()]:
@@ -69,10 +79,10 @@ def explicit(attn, n, keys_in, values_in, ref, reads):
     """Official read, written out: reading rows use [keys ; ref], the others their own keys only."""
     out = []
     for i in range(n.shape[0]):
-        k_src, v_src = keys_in[i:i + 1], values_in[i:i + 1]
+        k_src, v_src = keys_in[i : i + 1], values_in[i : i + 1]
         if reads[i]:
             k_src, v_src = torch.cat([k_src, ref], 1), torch.cat([v_src, ref], 1)
-        q, k, v = attn.to_q(n[i:i + 1]), attn.to_k(k_src), attn.to_v(v_src)
+        q, k, v = attn.to_q(n[i : i + 1]), attn.to_k(k_src), attn.to_v(v_src)
         q, k, v = (t.view(1, -1, HEADS, DIM // HEADS).transpose(1, 2) for t in (q, k, v))
         o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(1, -1, DIM)
         out.append(attn.to_out(o))

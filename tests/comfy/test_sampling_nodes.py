@@ -14,17 +14,16 @@ import comfy.model_management
 import comfy.patcher_extension
 import comfy.utils
 import folder_paths
-import nodes as comfy_nodes
 import pytest
 import torch
 from safetensors.torch import load_file
 
+import nodes as comfy_nodes
 from xnemo_pack.nodes import register_model_folder
 from xnemo_pack.nodes.loader import XNeMoLoader
 from xnemo_pack.nodes.sample import XNeMoSampleAnimation
 from xnemo_pack.xnemo_core.adapters import reference_bank as reference
-from xnemo_pack.xnemo_core.adapters import unet_patch
-from xnemo_pack.xnemo_core.adapters import sampling
+from xnemo_pack.xnemo_core.adapters import sampling, unet_patch
 from xnemo_pack.xnemo_core.adapters.sampling import blurred_reference
 from xnemo_pack.xnemo_core.pure import windows
 from xnemo_pack.xnemo_core.pure.errors import IncompatibleModelError, XNeMoError
@@ -37,8 +36,9 @@ FRAMES, LENGTH, OVERLAP = 10, 8, 2  # two windows per step, small enough for CPU
 def loaded(fixture_dir):
     register_model_folder()
     folder_paths.add_model_folder_path("x-nemo", str(fixture_dir))
-    out = XNeMoLoader.execute(*(f"xnemo_{n}.pth" for n in ("denoising_unet", "reference_unet", "motion_encoder",
-                                                             "temporal_module")), "fp32")
+    out = XNeMoLoader.execute(
+        *(f"xnemo_{n}.pth" for n in ("denoising_unet", "reference_unet", "motion_encoder", "temporal_module")), "fp32"
+    )
     return out.args
 
 
@@ -50,9 +50,9 @@ def clip_inputs(loaded, fixture_dir):
     bank = reference.compute_reference_bank(loaded[1].reference, inputs["multi.ref_latent"], inputs["clip_embed"])
 
     def make(frames: int):
-        positive, negative = unet_patch.xnemo_conditioning(inputs["clip_embed"], bank,
-                                                           golden["motenc.drive.tokens"][:frames],
-                                                           golden["motenc.ref.tokens"])
+        positive, negative = unet_patch.xnemo_conditioning(
+            inputs["clip_embed"], bank, golden["motenc.drive.tokens"][:frames], golden["motenc.ref.tokens"]
+        )
         latent = {"samples": blurred_reference(inputs["multi.ref_latent"], frames) / 0.18215}
         return positive, negative, latent
 
@@ -60,8 +60,9 @@ def clip_inputs(loaded, fixture_dir):
 
 
 def sample(model, positive, negative, latent, seed=1, sampler="xnemo_ddim", scheduler="xnemo_ddim"):
-    out = XNeMoSampleAnimation.execute(model, positive, negative, latent, seed, STEPS, 2.5, sampler, scheduler, 1.0,
-                                       LENGTH, OVERLAP, True, "seeded")
+    out = XNeMoSampleAnimation.execute(
+        model, positive, negative, latent, seed, STEPS, 2.5, sampler, scheduler, 1.0, LENGTH, OVERLAP, True, "seeded"
+    )
     return out.args[0]["samples"]
 
 
@@ -85,8 +86,11 @@ def test_sampling_leaves_the_model_untouched_and_is_deterministic(loaded, clip_i
     assert not torch.equal(first, other)
     # The UNet's block lists are back to ComfyUI's own after sampling (injection ejected).
     unet = model.model.diffusion_model
-    assert not any(isinstance(m, unet_patch.XNeMoSite) for b in [*unet.input_blocks, unet.middle_block,
-                                                                  *unet.output_blocks] for m in b)
+    assert not any(
+        isinstance(m, unet_patch.XNeMoSite)
+        for b in [*unet.input_blocks, unet.middle_block, *unet.output_blocks]
+        for m in b
+    )
 
 
 def test_core_ksampler_matches_for_one_window(loaded, clip_inputs):
@@ -102,8 +106,9 @@ def test_core_context_windows_get_a_message_that_names_the_fix(loaded, clip_inpu
     from comfy_extras.nodes_context_windows import ContextWindowsManualNode
 
     positive, negative, latent = clip_inputs(FRAMES)
-    windowed = ContextWindowsManualNode.execute(loaded[0], LENGTH, OVERLAP, "standard_uniform", 1, False, "pyramid",
-                                                0).args[0]
+    windowed = ContextWindowsManualNode.execute(
+        loaded[0], LENGTH, OVERLAP, "standard_uniform", 1, False, "pyramid", 0
+    ).args[0]
     with pytest.raises(IncompatibleModelError, match="remove the Context Windows node.*Sample Animation"):
         comfy_nodes.common_ksampler(windowed, 3, 1, 2.5, "euler", "normal", positive, negative, latent)
     with pytest.raises(IncompatibleModelError, match="core Context Windows cannot run an X-NeMo model"):
@@ -166,16 +171,31 @@ def test_open_loop_progress_total_counts_the_run_offsets(loaded, clip_inputs):
     """Open-loop windows per step depend on each step's offset; the progress total must equal the windows run."""
     frames, length, overlap = 13, 6, 1
     positive, negative, latent = clip_inputs(frames)
-    settings = sampling.SampleSettings(seed=5, steps=4, context_length=length, context_overlap=overlap,
-                                       closed_loop=False)
+    settings = sampling.SampleSettings(
+        seed=5, steps=4, context_length=length, context_overlap=overlap, closed_loop=False
+    )
     per_step = windows.windows_per_step(frames, length, overlap, sampling.run_offsets(settings), False)
     assert len(set(per_step)) > 1, "pick settings whose steps differ in window count"
     seen = []
     hook = comfy.utils.PROGRESS_BAR_HOOK
     comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: seen.append((value, total)))
     try:
-        XNeMoSampleAnimation.execute(loaded[0], positive, negative, latent, 5, 4, 2.5, "xnemo_ddim", "xnemo_ddim",
-                                     1.0, length, overlap, False, "seeded")
+        XNeMoSampleAnimation.execute(
+            loaded[0],
+            positive,
+            negative,
+            latent,
+            5,
+            4,
+            2.5,
+            "xnemo_ddim",
+            "xnemo_ddim",
+            1.0,
+            length,
+            overlap,
+            False,
+            "seeded",
+        )
     finally:
         comfy.utils.set_progress_bar_global_hook(hook)
     assert seen[-1] == (sum(per_step), sum(per_step))

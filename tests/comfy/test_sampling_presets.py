@@ -29,13 +29,15 @@ FRAMES = 4
 def run_inputs(fixture_dir):
     register_model_folder()
     folder_paths.add_model_folder_path("x-nemo", str(fixture_dir))
-    model, xnemo = XNeMoLoader.execute(*(f"xnemo_{n}.pth" for n in ("denoising_unet", "reference_unet",
-                                                                      "motion_encoder", "temporal_module")), "fp32").args
+    model, xnemo = XNeMoLoader.execute(
+        *(f"xnemo_{n}.pth" for n in ("denoising_unet", "reference_unet", "motion_encoder", "temporal_module")), "fp32"
+    ).args
     inputs = load_file(fixture_dir / "inputs.safetensors")
     golden = load_file(fixture_dir / "golden.safetensors")
     bank = reference_bank.compute_reference_bank(xnemo.reference, inputs["single.ref_latent"], inputs["clip_embed"])
-    positive, negative = unet_patch.xnemo_conditioning(inputs["clip_embed"], bank, golden["motenc.drive.tokens"][:FRAMES],
-                                                       golden["motenc.ref.tokens"])
+    positive, negative = unet_patch.xnemo_conditioning(
+        inputs["clip_embed"], bank, golden["motenc.drive.tokens"][:FRAMES], golden["motenc.ref.tokens"]
+    )
     latent = {"samples": sampling.blurred_reference(inputs["single.ref_latent"], FRAMES) / 0.18215}
     return model, positive, negative, latent
 
@@ -60,8 +62,23 @@ def rows_per_call(model, positive, negative, latent, preset):
         return executor(x, *args, **kwargs)
 
     probe.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "test_rows", count)
-    out = XNeMoSampleAnimation.execute(probe, positive, negative, latent, 0, 2, 2.5, sampling.DEFAULT, sampling.DEFAULT,
-                                       1.0, 24, 4, True, "seeded", preset=preset)
+    out = XNeMoSampleAnimation.execute(
+        probe,
+        positive,
+        negative,
+        latent,
+        0,
+        2,
+        2.5,
+        sampling.DEFAULT,
+        sampling.DEFAULT,
+        1.0,
+        24,
+        4,
+        True,
+        "seeded",
+        preset=preset,
+    )
     assert torch.isfinite(out.args[0]["samples"]).all()
     return rows
 
@@ -83,8 +100,9 @@ def test_compile_option_wraps_only_the_run_clone(run_inputs, monkeypatch):
     monkeypatch.setattr(comfy.sample, "sample_custom", fake_sample_custom)
     key = comfy.patcher_extension.WrappersMP.APPLY_MODEL
     for compile_ in (False, True):
-        sampling.sample_animation(model, positive, negative, latent["samples"],
-                                  sampling.SampleSettings(steps=1, compile=compile_))
+        sampling.sample_animation(
+            model, positive, negative, latent["samples"], sampling.SampleSettings(steps=1, compile=compile_)
+        )
     off, on = (m.wrappers.get(key, {}) for m in seen)
     assert "torch.compile" not in off and "torch.compile" in on
     assert "torch.compile" not in model.wrappers.get(key, {})

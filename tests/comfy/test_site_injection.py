@@ -35,8 +35,11 @@ def test_sites_are_injected_while_patched_and_ejected_exactly(model):
         assert [id(blocks[b][i]) for b, i in placed] == [id(s) for s in sites], "every site once, in diffusers order"
         for b, i in placed:  # the official positions: after the block's last attention, else its first ResBlock
             kinds = [type(m) for m in blocks[b] if not isinstance(m, XNeMoSite)]
-            anchor = (len(kinds) - kinds[::-1].index(SpatialTransformer) if SpatialTransformer in kinds
-                      else kinds.index(ResBlock) + 1)
+            anchor = (
+                len(kinds) - kinds[::-1].index(SpatialTransformer)
+                if SpatialTransformer in kinds
+                else kinds.index(ResBlock) + 1
+            )
             assert i == anchor, f"block {b}: site at {i}, expected after module {anchor - 1}"
             assert all(not isinstance(m, (Downsample, Upsample)) for m in list(blocks[b])[:i])
     finally:

@@ -16,6 +16,7 @@ import pytest
 import torch
 from comfy.clip_model import CLIPVisionModelProjection
 from comfy.ldm.models.autoencoder import AutoencodingEngine
+
 from xnemo_pack.nodes.vae import XNeMoVAEDecode
 from xnemo_pack.xnemo_core.adapters import clip as clip_adapter
 from xnemo_pack.xnemo_core.adapters import vae as vae_adapter
@@ -23,19 +24,31 @@ from xnemo_pack.xnemo_core.pure import svd_vae_keys
 from xnemo_pack.xnemo_core.pure.errors import IncompatibleModelError
 
 SHAPES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "xnemo_e2e" / "state_dict_shapes.json"
-SVD_CONFIG = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
-              "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
+SVD_CONFIG = {
+    "double_z": True,
+    "z_channels": 4,
+    "resolution": 256,
+    "in_channels": 3,
+    "out_ch": 3,
+    "ch": 128,
+    "ch_mult": [1, 2, 4, 4],
+    "num_res_blocks": 2,
+    "attn_resolutions": [],
+    "dropout": 0.0,
+}
 
 
 def engine(ch: int = 32, ch_mult=(1, 1, 1, 1), temporal: bool = True) -> AutoencodingEngine:
     config = {**SVD_CONFIG, "ch": ch, "ch_mult": list(ch_mult)}
     decoder = {**config, "video_kernel_size": [3, 1, 1], "alpha": 0.0} if temporal else config
-    target = "comfy.ldm.modules.temporal_ae.VideoDecoder" if temporal else \
-        "comfy.ldm.modules.diffusionmodules.model.Decoder"
+    target = (
+        "comfy.ldm.modules.temporal_ae.VideoDecoder" if temporal else "comfy.ldm.modules.diffusionmodules.model.Decoder"
+    )
     return AutoencodingEngine(
         regularizer_config={"target": "comfy.ldm.models.autoencoder.DiagonalGaussianRegularizer"},
         encoder_config={"target": "comfy.ldm.modules.diffusionmodules.model.Encoder", "params": config},
-        decoder_config={"target": target, "params": decoder})
+        decoder_config={"target": target, "params": decoder},
+    )
 
 
 def tiny_vae(temporal: bool = True, ch_mult=(1, 1, 1, 1), fill: bool = True) -> comfy.sd.VAE:
@@ -76,7 +89,7 @@ def test_decode_runs_fixed_chunks_each_one_clip(vae):
     z = latents(7)
     out = vae_adapter.decode_frames(vae, z, chunk_size=3)
     with torch.no_grad():
-        by_hand = torch.cat([vae.process_output(vae.first_stage_model.decode(z[s:s + 3])) for s in (0, 3, 6)])
+        by_hand = torch.cat([vae.process_output(vae.first_stage_model.decode(z[s : s + 3])) for s in (0, 3, 6)])
     assert out.shape == (7, 16, 16, 3)
     assert torch.equal(out, by_hand.movedim(1, -1))
     whole = vae_adapter.decode_frames(vae, z, chunk_size=7)
@@ -101,6 +114,7 @@ def test_decode_node_ticks_once_per_chunk(vae, monkeypatch):
         def both(done, total):
             ticks.append((done, total))
             progress(done, total)
+
         return real(v, samples, chunk, progress=both)
 
     monkeypatch.setattr(vae_adapter, "decode_frames", spy)
@@ -141,8 +155,9 @@ def test_refuses_a_vae_loaded_with_missing_keys():
 def test_refuses_the_diffusers_svd_file_misread_by_core_load_vae():
     # What core Load VAE builds from the diffusers SVD names: a plain 4x Decoder with almost every weight missing.
     misread = tiny_vae(temporal=False, ch_mult=(1, 1, 1), fill=False)
-    with pytest.raises(IncompatibleModelError, match="diffusers Stable Video Diffusion file.*X-NeMo Load VAE.*"
-                                                     "convert_svd_vae.py"):
+    with pytest.raises(
+        IncompatibleModelError, match="diffusers Stable Video Diffusion file.*X-NeMo Load VAE.*convert_svd_vae.py"
+    ):
         vae_adapter.vae_kind(misread)
 
 
@@ -177,9 +192,19 @@ class FakeClipVision:
 
 
 def clip_config(**changes) -> dict:
-    config = {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096,
-              "hidden_act": "quick_gelu", "model_type": "clip_vision_model", "num_channels": 3, "patch_size": 14,
-              "image_size": 224, "projection_dim": 768, "layer_norm_eps": 1e-5}
+    config = {
+        "hidden_size": 1024,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "intermediate_size": 4096,
+        "hidden_act": "quick_gelu",
+        "model_type": "clip_vision_model",
+        "num_channels": 3,
+        "patch_size": 14,
+        "image_size": 224,
+        "projection_dim": 768,
+        "layer_norm_eps": 1e-5,
+    }
     return {**config, **changes}
 
 
@@ -192,8 +217,14 @@ def test_clip_vit_l14_passes():
     clip_adapter.check_clip_vision(FakeClipVision(meta_clip()))
 
 
-@pytest.mark.parametrize("changes", [{"hidden_size": 1280, "num_hidden_layers": 32, "projection_dim": 1024},  # ViT-H
-                                     {"image_size": 336}, {"projection_dim": 512}])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"hidden_size": 1280, "num_hidden_layers": 32, "projection_dim": 1024},  # ViT-H
+        {"image_size": 336},
+        {"projection_dim": 512},
+    ],
+)
 def test_other_image_encoders_are_refused(changes):
     size = changes.get("image_size", 224)
     with pytest.raises(IncompatibleModelError, match="not CLIP ViT-L/14.*Load CLIP Vision"):

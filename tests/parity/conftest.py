@@ -38,8 +38,9 @@ def loaded(fixture_dir: Path):
 # ----------------------------------------------------------------------------------------------------------------------
 # End-to-end set (../shared/fixtures/xnemo_e2e or XNEMO_E2E_DIR): official pixels in, official pixels out.
 
-E2E_DIR = Path(os.environ.get("XNEMO_E2E_DIR") or Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
-               / "xnemo_e2e").resolve()
+E2E_DIR = Path(
+    os.environ.get("XNEMO_E2E_DIR") or Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "xnemo_e2e"
+).resolve()
 
 
 @pytest.fixture(scope="session")

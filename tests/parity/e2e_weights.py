@@ -27,19 +27,24 @@ import torch
 from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parents[2]
-CLIP_FILES = {"sd-image-variations": "sd-image-variations_image_encoder.safetensors",
-              "clip-vit-large-patch14": "clip-vit-large-patch14.safetensors"}
+CLIP_FILES = {
+    "sd-image-variations": "sd-image-variations_image_encoder.safetensors",
+    "clip-vit-large-patch14": "clip-vit-large-patch14.safetensors",
+}
 VAE_DIFFUSERS = "svd_xt_vae.safetensors"
 VAE_CONVERTED = "svd_xt_vae_comfyui.safetensors"
 VAE_FIRST_STAGE = "svd_xt_first_stage.safetensors"
-TEXT_TOWER_STAND_INS = {"logit_scale": (), "text_projection.weight": (768, 768),
-                        "text_model.final_layer_norm.weight": (768,)}
+TEXT_TOWER_STAND_INS = {
+    "logit_scale": (),
+    "text_projection.weight": (768, 768),
+    "text_model.final_layer_norm.weight": (768,),
+}
 
 
 @dataclass
 class E2EModels:
     root: Path
-    digests: dict[str, str] = field(default_factory=dict)   # recipe digest of what was written, per network
+    digests: dict[str, str] = field(default_factory=dict)  # recipe digest of what was written, per network
 
 
 def load_recipe(e2e_dir: Path):

@@ -33,8 +33,9 @@ def bank_key(module_path: str) -> tuple:
 def refnet(loaded, inputs):
     # Official call: ref_latent repeated x2 (CFG), timestep 0, context [zeros, clip].
     latent, clip = inputs["single.ref_latent"], inputs["clip_embed"]
-    return reference.run_reference_unet(loaded[1].reference, torch.cat([latent, latent]),
-                                        torch.cat([torch.zeros_like(clip), clip]))
+    return reference.run_reference_unet(
+        loaded[1].reference, torch.cat([latent, latent]), torch.cat([torch.zeros_like(clip), clip])
+    )
 
 
 def test_reference_output(refnet, golden, manifest):
@@ -59,7 +60,7 @@ def one_step(model, bank, inputs, golden, cfg):
     motion = golden["unet_fwd.motion_tokens"][0]
     positive, negative = unet_patch.xnemo_conditioning(inputs["clip_embed"], bank, motion, golden["motenc.ref.tokens"])
     sigma = model.get_model_object("model_sampling").sigmas[int(inputs["unet_fwd.timestep"][0])]
-    x_sigma_space = frames_first(inputs["unet_fwd.noisy_latent"]) * (1 + sigma ** 2) ** 0.5  # x / sqrt(alpha)
+    x_sigma_space = frames_first(inputs["unet_fwd.noisy_latent"]) * (1 + sigma**2) ** 0.5  # x / sqrt(alpha)
     seen = {}
 
     def capture(args):
@@ -69,9 +70,18 @@ def one_step(model, bank, inputs, golden, cfg):
     probe = model.clone()
     probe.set_model_sampler_post_cfg_function(capture)
     # Zero noise and sigmas [sigma, 0]: the sampler's input is exactly the golden noisy latent.
-    comfy.sample.sample_custom(probe, torch.zeros_like(x_sigma_space), cfg, comfy.samplers.sampler_object("euler"),
-                               torch.tensor([float(sigma), 0.0]), positive, negative,
-                               x_sigma_space / 0.18215, disable_pbar=True, seed=0)
+    comfy.sample.sample_custom(
+        probe,
+        torch.zeros_like(x_sigma_space),
+        cfg,
+        comfy.samplers.sampler_object("euler"),
+        torch.tensor([float(sigma), 0.0]),
+        positive,
+        negative,
+        x_sigma_space / 0.18215,
+        disable_pbar=True,
+        seed=0,
+    )
     s = seen["sigma"].view(-1, 1, 1, 1)
     return (seen["input"] - seen["uncond_denoised"]) / s, (seen["input"] - seen["cond_denoised"]) / s
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
-
 from parity_utils import max_abs, tolerance
 
 pytestmark = pytest.mark.parity

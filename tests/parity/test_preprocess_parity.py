@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.numpy import load_file
+
 from xnemo_pack.xnemo_core.pure import blazeface, face_crop, face_track
 
 pytestmark = pytest.mark.parity
@@ -32,8 +33,10 @@ F_RTS_TOLERANCE = 1e-3  # issue 11; the manifest allows +-1 px / L_ref (~5e-3)
 def manifest() -> dict:
     path = PREPROCESS_DIR / "manifest.json"
     if not path.is_file():
-        pytest.fail(f"preprocessing goldens not found at {PREPROCESS_DIR}: set XNEMO_PREPROCESS_DIR or put ../shared "
-                    "beside the repository")
+        pytest.fail(
+            f"preprocessing goldens not found at {PREPROCESS_DIR}: set XNEMO_PREPROCESS_DIR or put ../shared "
+            "beside the repository"
+        )
     return json.loads(path.read_text())
 
 
@@ -110,8 +113,10 @@ def test_driving_boxes_within_a_pixel_on_every_frame(track, golden, manifest):
     expected = torch.from_numpy(golden["drv_bbox_raw"]).double()
     assert track.found.all() and track.boxes.shape == expected.shape
     error = (track.boxes.double() - expected).abs()
-    print(f"\ndriving boxes: max error {error.max().item():.0f} px over {len(expected)} frames, "
-          f"{int((error > 0).any(1).sum())} frames not bit-exact")
+    print(
+        f"\ndriving boxes: max error {error.max().item():.0f} px over {len(expected)} frames, "
+        f"{int((error > 0).any(1).sum())} frames not bit-exact"
+    )
     assert error.max().item() <= _px_tolerance(manifest, "drv_bbox_raw")
 
 

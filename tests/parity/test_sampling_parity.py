@@ -10,8 +10,7 @@ import pytest
 from parity_utils import frames_first, max_abs, relative_tolerance, tolerance
 
 from xnemo_pack.xnemo_core.adapters import reference_bank as reference
-from xnemo_pack.xnemo_core.adapters import sampling
-from xnemo_pack.xnemo_core.adapters import unet_patch
+from xnemo_pack.xnemo_core.adapters import sampling, unet_patch
 
 pytestmark = [pytest.mark.parity, pytest.mark.slow]
 
@@ -31,16 +30,28 @@ def clip(request, loaded, inputs, golden, manifest):
     frames, steps = info["frames"], info["steps"]
     ref_latent = inputs[f"{name}.ref_latent"]
     bank = reference.compute_reference_bank(xnemo.reference, ref_latent, inputs["clip_embed"])
-    positive, negative = unet_patch.xnemo_conditioning(inputs["clip_embed"], bank, golden["motenc.drive.tokens"][:frames],
-                                                       golden["motenc.ref.tokens"])
+    positive, negative = unet_patch.xnemo_conditioning(
+        inputs["clip_embed"], bank, golden["motenc.drive.tokens"][:frames], golden["motenc.ref.tokens"]
+    )
     blurred = sampling.blurred_reference(ref_latent, frames)
-    settings = sampling.SampleSettings(steps=steps, cfg=info["guidance_scale"], context_length=info["context_frames"],
-                                       context_overlap=info["context_overlap"], closed_loop=info["closed_loop"])
+    settings = sampling.SampleSettings(
+        steps=steps,
+        cfg=info["guidance_scale"],
+        context_length=info["context_frames"],
+        context_overlap=info["context_overlap"],
+        closed_loop=info["closed_loop"],
+    )
     seen = []
     latents = sampling.sample_animation(
-        model, positive, negative, blurred / 0.18215, settings,
-        noise=frames_first(inputs[f"{name}.noise"]), offsets=inputs[f"{name}.offsets"].tolist(),
-        callback=lambda i, x0, x, total: seen.append((x0.clone(), x.clone())))
+        model,
+        positive,
+        negative,
+        blurred / 0.18215,
+        settings,
+        noise=frames_first(inputs[f"{name}.noise"]),
+        offsets=inputs[f"{name}.offsets"].tolist(),
+        callback=lambda i, x0, x, total: seen.append((x0.clone(), x.clone())),
+    )
     sigmas = model.get_model_object("model_sampling").sigmas
     return dict(name=name, info=info, blurred=blurred, final=latents * 0.18215, seen=seen, sigmas=sigmas)
 
@@ -52,15 +63,21 @@ def clip_atol(manifest, tensor) -> float:
 
 def test_timesteps(inputs, manifest):
     for name in run_names(manifest):
-        assert sampling.ddim_timesteps(manifest["notes"][f"run.{name}"]["steps"]) == inputs[f"{name}.timesteps"].tolist()
+        assert (
+            sampling.ddim_timesteps(manifest["notes"][f"run.{name}"]["steps"]) == inputs[f"{name}.timesteps"].tolist()
+        )
 
 
 def test_windows(manifest):
     for name in run_names(manifest):
         info = manifest["notes"][f"run.{name}"]
         for offset, windows in zip(info["offsets"], info["windows_per_step"]):
-            assert sampling.context_windows(info["frames"], info["context_frames"], info["context_overlap"], offset,
-                                            info["closed_loop"]) == windows
+            assert (
+                sampling.context_windows(
+                    info["frames"], info["context_frames"], info["context_overlap"], offset, info["closed_loop"]
+                )
+                == windows
+            )
 
 
 def test_blurred_reference(clip, golden):

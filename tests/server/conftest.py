@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-
 from server_graphs import SIZE
 
 
@@ -42,8 +41,12 @@ def models(comfy_server, xnemo_fixture_models, tmp_path_factory) -> dict:
             target = comfy_server.model_dirs[folder] / source.name
             if not target.exists():
                 target.symlink_to(source)
-    return {"pth": dict(xnemo_fixture_models), "safetensors": written["x-nemo"],
-            "clip_vision": written["clip_vision"], "vae": written["vae"]}
+    return {
+        "pth": dict(xnemo_fixture_models),
+        "safetensors": written["x-nemo"],
+        "clip_vision": written["clip_vision"],
+        "vae": written["vae"],
+    }
 
 
 def _upload(client, image: Image.Image, path: Path) -> str:

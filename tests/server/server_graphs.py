@@ -3,11 +3,11 @@ pipeline graph (Load -> Encode Motion -> Reference Condition -> Sample) with hel
 
 from __future__ import annotations
 
-from typing import Any, Mapping
-
-import pytest
+from collections.abc import Mapping
+from typing import Any
 
 import comfy_harness
+import pytest
 
 SIZE = 128  # px: tiny graphs keep every server test within seconds on two CPU cores
 
@@ -57,9 +57,19 @@ def output_index(info: Mapping[str, Any], type_name: str) -> int | None:
     return outputs.index(type_name) if type_name in outputs else None
 
 
-def pipeline(models: dict, pictures: dict, *, files: dict | None = None, frames: int = 2, drive: str | None = None,
-             encode: dict | None = None, cond: dict | None = None, sample: dict | None = None,
-             prefix: str = "", decode: bool = False) -> dict:
+def pipeline(
+    models: dict,
+    pictures: dict,
+    *,
+    files: dict | None = None,
+    frames: int = 2,
+    drive: str | None = None,
+    encode: dict | None = None,
+    cond: dict | None = None,
+    sample: dict | None = None,
+    prefix: str = "",
+    decode: bool = False,
+) -> dict:
     """Load X-NeMo -> Encode Motion (the portrait repeated `frames` times) -> Reference Condition -> Sample -> output.
 
     `drive` names a node (in `prefix`-less ids of the returned graph) whose IMAGE output 0 replaces the driving frames.
@@ -70,28 +80,68 @@ def pipeline(models: dict, pictures: dict, *, files: dict | None = None, frames:
         f"{p}load": {"class_type": "XNeMoLoader", "inputs": {**weights, "weight_dtype": "fp32"}},
         f"{p}portrait": {"class_type": "LoadImage", "inputs": {"image": pictures["portrait"]}},
         f"{p}frames": {"class_type": "RepeatImageBatch", "inputs": {"image": [f"{p}portrait", 0], "amount": frames}},
-        f"{p}encode": {"class_type": "XNeMoEncodeMotion", "inputs": {
-            "xnemo": [f"{p}load", 1], "images": [drive or f"{p}frames", 0], "detector": "haar", "face_index": 0,
-            "face_order": "largest", "crop_scale": 1.1, "smoothing_sigma": 5.0, "missing_face": "interpolate",
-            "f_rts_mode": "official", **(encode or {})}},
+        f"{p}encode": {
+            "class_type": "XNeMoEncodeMotion",
+            "inputs": {
+                "xnemo": [f"{p}load", 1],
+                "images": [drive or f"{p}frames", 0],
+                "detector": "haar",
+                "face_index": 0,
+                "face_order": "largest",
+                "crop_scale": 1.1,
+                "smoothing_sigma": 5.0,
+                "missing_face": "interpolate",
+                "f_rts_mode": "official",
+                **(encode or {}),
+            },
+        },
         f"{p}clip": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": models["clip_vision"]}},
         f"{p}vae": {"class_type": "VAELoader", "inputs": {"vae_name": models["vae"]}},
-        f"{p}cond": {"class_type": "XNeMoReferenceCondition", "inputs": {
-            "xnemo": [f"{p}load", 1], "image": [f"{p}portrait", 0], "clip_vision": [f"{p}clip", 0],
-            "vae": [f"{p}vae", 0], "motion": [f"{p}encode", 0], "width": SIZE, "height": SIZE, "detector": "haar",
-            "face_index": 0, "face_order": "largest", **(cond or {})}},
-        f"{p}sample": {"class_type": "XNeMoSampleAnimation", "inputs": {
-            "model": [f"{p}load", 0], "positive": [f"{p}cond", 0], "negative": [f"{p}cond", 1],
-            "latent": [f"{p}cond", 2], "seed": 0, "steps": 1, "cfg": 2.5, "sampler_name": "xnemo_ddim",
-            "scheduler": "xnemo_ddim", "denoise": 1.0, "context_length": 24, "context_overlap": 4,
-            "closed_loop": True, "offset_mode": "seeded", **(sample or {})}},
+        f"{p}cond": {
+            "class_type": "XNeMoReferenceCondition",
+            "inputs": {
+                "xnemo": [f"{p}load", 1],
+                "image": [f"{p}portrait", 0],
+                "clip_vision": [f"{p}clip", 0],
+                "vae": [f"{p}vae", 0],
+                "motion": [f"{p}encode", 0],
+                "width": SIZE,
+                "height": SIZE,
+                "detector": "haar",
+                "face_index": 0,
+                "face_order": "largest",
+                **(cond or {}),
+            },
+        },
+        f"{p}sample": {
+            "class_type": "XNeMoSampleAnimation",
+            "inputs": {
+                "model": [f"{p}load", 0],
+                "positive": [f"{p}cond", 0],
+                "negative": [f"{p}cond", 1],
+                "latent": [f"{p}cond", 2],
+                "seed": 0,
+                "steps": 1,
+                "cfg": 2.5,
+                "sampler_name": "xnemo_ddim",
+                "scheduler": "xnemo_ddim",
+                "denoise": 1.0,
+                "context_length": 24,
+                "context_overlap": 4,
+                "closed_loop": True,
+                "offset_mode": "seeded",
+                **(sample or {}),
+            },
+        },
     }
     if decode:
         g[f"{p}decode"] = {"class_type": "VAEDecode", "inputs": {"samples": [f"{p}sample", 0], "vae": [f"{p}vae", 0]}}
         g[f"{p}out"] = {"class_type": "PreviewImage", "inputs": {"images": [f"{p}decode", 0]}}
     else:
-        g[f"{p}out"] = {"class_type": "SaveLatent", "inputs": {"samples": [f"{p}sample", 0],
-                                                             "filename_prefix": f"hardening/{p or 'run'}"}}
+        g[f"{p}out"] = {
+            "class_type": "SaveLatent",
+            "inputs": {"samples": [f"{p}sample", 0], "filename_prefix": f"hardening/{p or 'run'}"},
+        }
     return g
 
 
@@ -105,7 +155,12 @@ def execution_error(client, prompt: dict) -> dict:
     # Ours, not a torch/numpy/OpenCV error from deep inside: the exception is one of the pack's (or the node's
     # ValueError) and its message names what to do.
     assert error["exception_type"].rsplit(".", 1)[-1] in {
-        "CheckpointError", "NoFaceError", "IncompatibleModelError", "XNeMoError", "ValueError"}, error
+        "CheckpointError",
+        "NoFaceError",
+        "IncompatibleModelError",
+        "XNeMoError",
+        "ValueError",
+    }, error
     return error
 
 
@@ -117,4 +172,7 @@ def rejection(client, prompt: dict) -> str:
 
 def grey_frames(batch: int) -> dict:
     """A node making `batch` blank grey frames of the test size (no face anywhere)."""
-    return {"class_type": "EmptyImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": batch, "color": 0x808080}}
+    return {
+        "class_type": "EmptyImage",
+        "inputs": {"width": SIZE, "height": SIZE, "batch_size": batch, "color": 0x808080},
+    }

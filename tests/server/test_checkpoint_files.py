@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from server_graphs import execution_error, pipeline, rejection
 
 pytestmark = pytest.mark.server
@@ -21,9 +20,9 @@ pytestmark = pytest.mark.server
 def _bad_file(kind: str, folder: Path, fixture_dir: Path, marker: Path) -> tuple[str, str]:
     """Write a bad checkpoint into the server's x-nemo folder; returns (file name, loader slot it goes in)."""
     import safetensors.torch
+    from make_tiny_weights import tiny_unet_state_dict
 
     from xnemo_pack.xnemo_core.adapters import checkpoint as ckpt
-    from make_tiny_weights import tiny_unet_state_dict
 
     if kind == "wrong_slot":  # the motion encoder given as the denoising UNet
         name = "hardening_motion_as_unet.pth"
@@ -36,15 +35,23 @@ def _bad_file(kind: str, folder: Path, fixture_dir: Path, marker: Path) -> tuple
         return name, "denoising_unet"
     if kind == "corrupt_safetensors":
         name = "hardening_corrupt.safetensors"
-        (folder / name).write_bytes(b"\x40\x00\x00\x00\x00\x00\x00\x00{\"not\": json" + b"\x00" * 200)
+        (folder / name).write_bytes(b'\x40\x00\x00\x00\x00\x00\x00\x00{"not": json' + b"\x00" * 200)
         return name, "temporal_module"
     if kind == "full_vs_tiny":  # a ReferenceNet twice as wide as the denoising UNet
         name = "hardening_reference_64ch.pth"
-        shape = ckpt.UNetShape(model_channels=64, channel_mult=(1, 1, 1, 2), num_res_blocks=2, context_dim=768,
-                               in_channels=4, attention_levels=(True, True, True, False), has_output=False)
+        shape = ckpt.UNetShape(
+            model_channels=64,
+            channel_mult=(1, 1, 1, 2),
+            num_res_blocks=2,
+            context_dim=768,
+            in_channels=4,
+            attention_levels=(True, True, True, False),
+            has_output=False,
+        )
         sd = tiny_unet_state_dict(shape, torch.Generator().manual_seed(0))
-        torch.save({k: v.half() for k, v in sd.items() if not k.startswith(("conv_norm_out.", "conv_out."))},
-                   folder / name)
+        torch.save(
+            {k: v.half() for k, v in sd.items() if not k.startswith(("conv_norm_out.", "conv_out."))}, folder / name
+        )
         return name, "reference_unet"
     if kind == "malicious_pickle":
         name = "hardening_malicious.pth"
@@ -59,6 +66,7 @@ def _bad_file(kind: str, folder: Path, fixture_dir: Path, marker: Path) -> tuple
         return name, "temporal_module"
     raise AssertionError(kind)
 
+
 class _CreatesFileWhenUnpickled:
     """Unpickling this calls open(marker, "w"): proof that the loader ran code from the file."""
 
@@ -68,20 +76,36 @@ class _CreatesFileWhenUnpickled:
     def __reduce__(self):
         return (open, (self.marker, "w"))
 
+
 CHECKPOINT_CASES = {
     # kind: (fragments the execution_error must contain)
-    "wrong_slot": ("hardening_motion_as_unet.pth was given as the denoising unet but it looks like xnemo_motion_encoder",
-                   "Pick xnemo_denoising_unet.pth"),
+    "wrong_slot": (
+        "hardening_motion_as_unet.pth was given as the denoising unet but it looks like xnemo_motion_encoder",
+        "Pick xnemo_denoising_unet.pth",
+    ),
     "truncated": ("Could not read hardening_truncated.pth: the file is truncated or corrupt", "Download it again"),
-    "corrupt_safetensors": ("Could not read hardening_corrupt.safetensors: the file is truncated or corrupt",
-                            "Download it again"),
-    "full_vs_tiny": ("hardening_reference_64ch.pth (channels 64 x (1, 1, 1, 2)) does not match "
-                     "xnemo_denoising_unet.safetensors (channels 32 x (1, 1, 1, 2))", "Use the four files of one release"),
-    "malicious_pickle": ("Refused to load hardening_malicious.pth", "could run code on load",
-                         "Unsupported global", "Use the official file"),
-    "int8_safetensors": ("hardening_int8.safetensors stores weights as torch.int8",
-                         "X-NeMo weights are float16/bfloat16/float32", "use the official file"),
+    "corrupt_safetensors": (
+        "Could not read hardening_corrupt.safetensors: the file is truncated or corrupt",
+        "Download it again",
+    ),
+    "full_vs_tiny": (
+        "hardening_reference_64ch.pth (channels 64 x (1, 1, 1, 2)) does not match "
+        "xnemo_denoising_unet.safetensors (channels 32 x (1, 1, 1, 2))",
+        "Use the four files of one release",
+    ),
+    "malicious_pickle": (
+        "Refused to load hardening_malicious.pth",
+        "could run code on load",
+        "Unsupported global",
+        "Use the official file",
+    ),
+    "int8_safetensors": (
+        "hardening_int8.safetensors stores weights as torch.int8",
+        "X-NeMo weights are float16/bfloat16/float32",
+        "use the official file",
+    ),
 }
+
 
 @pytest.mark.parametrize("kind", sorted(CHECKPOINT_CASES))
 def test_bad_checkpoint_is_a_loader_error(comfy_client, comfy_server, models, pictures, fixture_dir, tmp_path, kind):
@@ -95,18 +119,25 @@ def test_bad_checkpoint_is_a_loader_error(comfy_client, comfy_server, models, pi
     if kind == "malicious_pickle":
         assert not marker.exists(), "the malicious pickle was executed"
 
+
 def test_missing_checkpoint_is_a_validation_error(comfy_client, models, pictures):
-    message = rejection(comfy_client, pipeline(models, pictures,
-                                               files={**models["safetensors"], "denoising_unet": "nope.safetensors"}))
+    message = rejection(
+        comfy_client, pipeline(models, pictures, files={**models["safetensors"], "denoising_unet": "nope.safetensors"})
+    )
     assert "denoising_unet: nope.safetensors is not in models/x-nemo/" in message
     assert "Put the official xnemo_denoising_unet.pth there and refresh" in message
 
+
 def test_two_xnemo_loads_in_one_graph(comfy_client, models, pictures):
     """The fixture .pth set and the tiny .safetensors set, each through its own pipeline, in one prompt."""
-    prompt = {**pipeline(models, pictures, files=models["pth"], prefix="a_", sample={"seed": 7}),
-              **pipeline(models, pictures, files=models["safetensors"], prefix="b_", sample={"seed": 7})}
+    prompt = {
+        **pipeline(models, pictures, files=models["pth"], prefix="a_", sample={"seed": 7}),
+        **pipeline(models, pictures, files=models["safetensors"], prefix="b_", sample={"seed": 7}),
+    }
     entry = comfy_client.run(prompt, timeout=300)
     files = {f["node"]: f for f in comfy_client.output_files(entry)}
     assert set(files) >= {"a_out", "b_out"}
-    latents = [comfy_client.view(files[n]["filename"], files[n]["subfolder"], files[n]["type"]) for n in ("a_out", "b_out")]
+    latents = [
+        comfy_client.view(files[n]["filename"], files[n]["subfolder"], files[n]["type"]) for n in ("a_out", "b_out")
+    ]
     assert latents[0] != latents[1], "two different X-NeMo weight sets gave the same latent"

@@ -15,9 +15,23 @@ pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 def test_demo_writes_a_video_with_tiny_weights(tmp_path, media_dir):
     out = tmp_path / "demo_output"
-    cmd = [sys.executable, str(ROOT / "scripts" / "demo.py"), "--tiny", "--output-dir", str(out),
-           "--reference", str(media_dir / "ref_image.png"), "--driving", str(media_dir / "driving_video.mp4"),
-           "--frames", "8", "--steps", "2", "--timeout", "900"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "demo.py"),
+        "--tiny",
+        "--output-dir",
+        str(out),
+        "--reference",
+        str(media_dir / "ref_image.png"),
+        "--driving",
+        str(media_dir / "driving_video.mp4"),
+        "--frames",
+        "8",
+        "--steps",
+        "2",
+        "--timeout",
+        "900",
+    ]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
     log = out / "comfyui_demo.log"
     details = f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
@@ -40,6 +54,6 @@ def test_demo_writes_a_video_with_tiny_weights(tmp_path, media_dir):
     with Image.open(out / "xnemo_demo_contact_sheet.png") as sheet:
         pixels = np.asarray(sheet.convert("RGB")).astype(int)
     assert pixels.shape[0] == 8 + 3 * (24 + 192 + 8), pixels.shape  # three rows: reference, driving, output
-    driving_row = pixels[8 + 24 + 192 + 8 + 24: 8 + 2 * (24 + 192 + 8)]
+    driving_row = pixels[8 + 24 + 192 + 8 + 24 : 8 + 2 * (24 + 192 + 8)]
     green = (driving_row[..., 1] > 170) & (driving_row[..., 0] < 90) & (driving_row[..., 2] < 90)
     assert green.sum() > 50, "no face box drawn on the driving frames of the contact sheet"

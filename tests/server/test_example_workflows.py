@@ -13,7 +13,6 @@ from importlib import import_module
 from pathlib import Path
 
 import pytest
-
 import workflow_to_api
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
@@ -22,10 +21,10 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "example_workflows"
 WORKFLOWS = sorted(p.stem for p in EXAMPLES.glob("*.json"))
 REQUIRED = {"xnemo_portrait_animation", "xnemo_motion_interpolation", "xnemo_long_video"}
-PORTRAIT_SIZE = 256      # the uploaded portrait: Paste Back must give back frames of this size
+PORTRAIT_SIZE = 256  # the uploaded portrait: Paste Back must give back frames of this size
 DRIVING_SIZE = 160
 FPS = 25
-GEN_SIZE = 128           # generation width = height (multiple of 64)
+GEN_SIZE = 128  # generation width = height (multiple of 64)
 STEPS = 2
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv")
 
@@ -33,15 +32,22 @@ VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv")
 # and test-size overrides {class_type: {input: value}}.
 CASES = {
     "xnemo_portrait_animation": {
-        "clips": {"xnemo_driving.mp4": (0, 8)}, "frames": 8, "audio": True, "overrides": {},
+        "clips": {"xnemo_driving.mp4": (0, 8)},
+        "frames": 8,
+        "audio": True,
+        "overrides": {},
     },
     "xnemo_motion_interpolation": {
-        "clips": {"xnemo_driving_a.mp4": (0, 8), "xnemo_driving_b.mp4": (100, 8)}, "frames": 8, "audio": False,
+        "clips": {"xnemo_driving_a.mp4": (0, 8), "xnemo_driving_b.mp4": (100, 8)},
+        "frames": 8,
+        "audio": False,
         "overrides": {"XNeMoInterpolateMotion": {"frames": 8}},
     },
     "xnemo_long_video": {
         # 12 frames in windows of 6 overlapping by 2: 3 windows per step, so the windowing really runs
-        "clips": {"xnemo_driving_long.mp4": (0, 12)}, "frames": 12, "audio": True,
+        "clips": {"xnemo_driving_long.mp4": (0, 12)},
+        "frames": 12,
+        "audio": True,
         "overrides": {"XNeMoSampleAnimation": {"context_length": 6, "context_overlap": 2}},
     },
 }
@@ -72,7 +78,8 @@ def test_examples_use_only_core_and_pack_nodes(comfy_client, stem):
         assert module in ("nodes", "custom_nodes.xnemo") or module.startswith("comfy_extras."), (kind, module)
         assert kind not in ("VAELoader", "VAEDecode"), (
             f"{stem}: node {node['id']} is core {kind}; the examples use X-NeMo Load VAE (reads the diffusers SVD "
-            f"file) and X-NeMo VAE Decode (the official fixed chunks)")
+            f"file) and X-NeMo VAE Decode (the official fixed chunks)"
+        )
         if kind in ("XNeMoLoader", "CLIPVisionLoader", "XNeMoVAELoader"):
             models = node.get("properties", {}).get("models")
             assert models, f"{stem}: {kind} has no properties.models"

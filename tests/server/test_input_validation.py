@@ -60,6 +60,7 @@ def _prompt(node_class: str, spec: dict, name: str, value) -> dict:
 def test_validate_inputs_names_only_dropdowns_and_cross_checked_inputs(comfy_client):
     """No **kwargs, and no number left to the node that ComfyUI could check itself."""
     from comfy_api.internal import first_real_override
+
     from xnemo_pack.nodes import _all_nodes, register_model_folder
 
     register_model_folder()  # as comfy_entrypoint does before ComfyUI reads the schemas
@@ -91,32 +92,43 @@ def test_every_bad_number_or_option_is_refused_at_queue_time(comfy_client):
                 failures.append(f"{node_class}.{name}={value!r}: HTTP {status}, the prompt was accepted")
                 continue
             errors = json.loads(body).get("node_errors", {}).get("1", {}).get("errors", [])
-            found = [(e["type"], e.get("details", "")) for e in errors
-                     if e.get("extra_info", {}).get("input_name") == name]
+            found = [
+                (e["type"], e.get("details", "")) for e in errors if e.get("extra_info", {}).get("input_name") == name
+            ]
             if name in CROSS_CHECKS.get(node_class, set()):
-                ok = any(kind == "custom_validation_failed" and name in details.partition(" - ")[2]
-                         for kind, details in found)
+                ok = any(
+                    kind == "custom_validation_failed" and name in details.partition(" - ")[2]
+                    for kind, details in found
+                )
                 want = "the node's own message"
             elif case == "option":
                 # ComfyUI's own check where it has one for V3 dropdowns (after 0.3.75), else the node's message
                 # naming the value (with the options, or for model files the folder they belong in).
-                ok = any(kind == CORE_ERRORS[case] or (kind == "custom_validation_failed" and str(value) in details)
-                         for kind, details in found)
+                ok = any(
+                    kind == CORE_ERRORS[case] or (kind == "custom_validation_failed" and str(value) in details)
+                    for kind, details in found
+                )
                 want = f"{CORE_ERRORS[case]} or the node's message naming the value"
             else:
                 ok = any(kind == CORE_ERRORS[case] for kind, _ in found)
                 want = CORE_ERRORS[case]
             if not ok:
-                failures.append(f"{node_class}.{name}={value!r} ({case}): expected {want}, got "
-                                f"{found or 'no error for this input'}")
+                failures.append(
+                    f"{node_class}.{name}={value!r} ({case}): expected {want}, got {found or 'no error for this input'}"
+                )
     assert not failures, "\n".join(failures)
     assert {("XNeMoSampleAnimation", "above"), ("XNeMoLoader", "option"), ("XNeMoPasteBack", "below")} <= checked
 
 
-@pytest.mark.parametrize("name, value, core_error", [
-    ("cfg", 30.5, "value_bigger_than_max"), ("cfg", -0.5, "value_smaller_than_min"),
-    ("seed", 2**64, "value_bigger_than_max"), ("seed", -1, "value_smaller_than_min"),
-])
+@pytest.mark.parametrize(
+    "name, value, core_error",
+    [
+        ("cfg", 30.5, "value_bigger_than_max"),
+        ("cfg", -0.5, "value_smaller_than_min"),
+        ("seed", 2**64, "value_bigger_than_max"),
+        ("seed", -1, "value_smaller_than_min"),
+    ],
+)
 def test_cfg_and_seed_out_of_range_are_refused_by_comfyui(comfy_client, name, value, core_error):
     spec = comfy_client.object_info("XNeMoSampleAnimation")
     status, body = comfy_client.post_json("/prompt", {"prompt": _prompt("XNeMoSampleAnimation", spec, name, value)})

@@ -12,7 +12,6 @@ import time
 
 import psutil
 import pytest
-
 from server_graphs import pipeline
 
 pytestmark = pytest.mark.server
@@ -41,18 +40,24 @@ def test_interrupt_during_sampling_then_a_normal_run(comfy_client, models, pictu
     entry = comfy_client.run(pipeline(models, pictures, sample={"seed": 2}), timeout=300)
     assert entry["status"]["status_str"] == "success"
 
+
 def test_free_unloads_then_a_run_reloads(comfy_client, models, pictures):
     prompt = pipeline(models, pictures, sample={"seed": 11})
     comfy_client.run(prompt, timeout=300)
     comfy_client.free(unload_models=True, free_memory=True)
     # The worker applies /free after its current queue item; a tiny core prompt makes sure that has happened.
-    comfy_client.run({"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1,
-                                                                   "color": 0}},
-                      "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}, timeout=60)
+    comfy_client.run(
+        {
+            "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+            "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+        },
+        timeout=60,
+    )
     entry = comfy_client.run(prompt, timeout=300)
     assert entry["status"]["status_str"] == "success"
     cached = [data["nodes"] for kind, data in entry["status"]["messages"] if kind == "execution_cached"]
     assert cached and "load" not in cached[0], f"Load X-NeMo was not re-run after /free: cached {cached}"
+
 
 def test_server_opens_no_outside_connections(comfy_client, comfy_server, models, pictures):
     comfy_client.run(pipeline(models, pictures, sample={"seed": 21}), timeout=300)

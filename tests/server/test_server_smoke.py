@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-
 import comfy_harness
+import pytest
 from server_graphs import combo_options, fill_inputs, output_index
 
 pytestmark = pytest.mark.server
@@ -53,10 +52,13 @@ def test_object_info_lists_node(object_info, node_id):
 def test_core_graph_round_trip(comfy_client, media_dir):
     """Upload, run, history and /view through core nodes only: proves the harness itself."""
     name = comfy_client.upload_image(media_dir / "ref_image.png")
-    entry = comfy_client.run({
-        "1": {"class_type": "LoadImage", "inputs": {"image": name}},
-        "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
-    }, timeout=120)
+    entry = comfy_client.run(
+        {
+            "1": {"class_type": "LoadImage", "inputs": {"image": name}},
+            "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+        },
+        timeout=120,
+    )
     files = comfy_client.output_files(entry)
     assert len(files) == 1 and files[0]["type"] == "temp"
     png = comfy_client.view(files[0]["filename"], files[0]["subfolder"], files[0]["type"])
@@ -68,10 +70,13 @@ def test_execution_error_is_surfaced(comfy_client, tmp_path):
     bogus.write_bytes(b"this is not a png")
     name = comfy_client.upload_image(bogus)
     with pytest.raises(comfy_harness.ExecutionFailed) as failure:
-        comfy_client.run({
-            "1": {"class_type": "LoadImage", "inputs": {"image": name}},
-            "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
-        }, timeout=120)
+        comfy_client.run(
+            {
+                "1": {"class_type": "LoadImage", "inputs": {"image": name}},
+                "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+            },
+            timeout=120,
+        )
     assert failure.value.node_type == "LoadImage"
     assert "LoadImage" in str(failure.value)
 
@@ -115,8 +120,10 @@ def test_graph_through_pack_nodes_executes(comfy_client, object_info, xnemo_fixt
     prompt = {
         "1": {"class_type": "XNeMoLoader", "inputs": fill_inputs(loader, {}, overrides)},
         "2": {"class_type": "LoadImage", "inputs": {"image": name}},
-        "3": {"class_type": "XNeMoEncodeMotion",
-              "inputs": fill_inputs(encode, {"XNEMO": ["1", xnemo_out], "IMAGE": ["2", 0]})},
+        "3": {
+            "class_type": "XNeMoEncodeMotion",
+            "inputs": fill_inputs(encode, {"XNEMO": ["1", xnemo_out], "IMAGE": ["2", 0]}),
+        },
         "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", image_out]}},
     }
     entry = comfy_client.run(prompt, timeout=300)
@@ -129,8 +136,9 @@ def test_window_route_answers_from_the_sampler_planner(comfy_client):
     """The frontend readout's counts come from /xnemo/windows (pure/windows), so they match the sampler."""
     from xnemo_pack.xnemo_core.pure.windows import window_summary
 
-    got = comfy_client.get_json("/xnemo/windows?frames=50&length=24&overlap=4&steps=20&closed_loop=false&seed=3"
-                                "&offset_mode=seeded")
+    got = comfy_client.get_json(
+        "/xnemo/windows?frames=50&length=24&overlap=4&steps=20&closed_loop=false&seed=3&offset_mode=seeded"
+    )
     assert got == window_summary(50, 24, 4, False, 20, 3, "seeded")
     assert got["min_per_step"] == 3 and got["max_per_step"] == 4
     with pytest.raises(comfy_harness.HarnessError, match="HTTP 400.*overlap must be below length"):

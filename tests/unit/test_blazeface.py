@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+
 from xnemo_pack.xnemo_core.pure import blazeface, face_crop, face_track, tflite
 from xnemo_pack.xnemo_core.pure.errors import NoFaceError
 
@@ -32,10 +33,11 @@ def video(media_dir: Path) -> torch.Tensor:
 def _canvas(frames: torch.Tensor, height: int, width: int, top: int, left: int, scale: float = 1.0) -> torch.Tensor:
     if scale != 1.0:
         size = round(frames.shape[1] * scale)
-        frames = torch.from_numpy(np.stack([cv2.resize(f.numpy(), (size, size), interpolation=cv2.INTER_AREA)
-                                            for f in frames]))
+        frames = torch.from_numpy(
+            np.stack([cv2.resize(f.numpy(), (size, size), interpolation=cv2.INTER_AREA) for f in frames])
+        )
     out = torch.full((frames.shape[0], height, width, 3), 0.2)
-    out[:, top:top + frames.shape[1], left:left + frames.shape[2]] = frames
+    out[:, top : top + frames.shape[1], left : left + frames.shape[2]] = frames
     return out
 
 
@@ -50,8 +52,17 @@ def test_reader_finds_the_short_range_graph(model):
     counts = {}
     for op in model.operators:
         counts[op.op] = counts.get(op.op, 0) + 1
-    assert counts == {"DEQUANTIZE": 74, "CONV_2D": 21, "RELU": 17, "DEPTHWISE_CONV_2D": 16, "ADD": 16, "PAD": 11,
-                      "RESHAPE": 4, "MAX_POOL_2D": 3, "CONCATENATION": 2}
+    assert counts == {
+        "DEQUANTIZE": 74,
+        "CONV_2D": 21,
+        "RELU": 17,
+        "DEPTHWISE_CONV_2D": 16,
+        "ADD": 16,
+        "PAD": 11,
+        "RESHAPE": 4,
+        "MAX_POOL_2D": 3,
+        "CONCATENATION": 2,
+    }
     assert model.tensors[model.inputs[0]].shape == (1, 128, 128, 3)
     assert sorted(model.tensors[i].shape for i in model.outputs) == [(1, 896, 1), (1, 896, 16)]
     first = model.operators[2]
@@ -138,7 +149,7 @@ def test_detector_runs_batched_on_the_given_device(video):
     detector = blazeface.get_detector(MODEL, "cpu")
     frames = (video * 255).round().to(torch.uint8)
     batched = detector.detect_frames(frames)
-    single = [detector.detect_frames(frames[i:i + 1])[0] for i in range(len(frames))]
+    single = [detector.detect_frames(frames[i : i + 1])[0] for i in range(len(frames))]
     assert [[d.box for d in f] for f in batched] == [[d.box for d in f] for f in single]
     if torch.cuda.is_available():
         gpu = blazeface.get_detector(MODEL, "cuda").detect_frames(frames.cuda())

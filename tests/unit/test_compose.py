@@ -26,10 +26,27 @@ def _visible(box, height, width):
     return slice(max(y0, 0), min(y1, height)), slice(max(x0, 0), min(x1, width))
 
 
+def box_pixels(portrait: torch.Tensor, box) -> torch.Tensor:
+    """The picture's pixels inside `box` (black where the box leaves it), at the box's own size: no resampling."""
+    x0, y0, x1, y1 = box
+    height, width = portrait.shape[1:3]
+    out = torch.zeros(y1 - y0, x1 - x0, 3)
+    rows, cols = _visible(box, height, width)
+    out[rows.start - y0 : rows.stop - y0, cols.start - x0 : cols.stop - x0] = portrait[0, rows, cols]
+    return out
+
+
+def own_size_crop(portrait: torch.Tensor):
+    """The official reference box of the portrait (from reference_crop) and its pixels at the box's own size."""
+    _, official = reference_crop(portrait, FACE_BOX, 512, 512)
+    x0, y0, x1, y1 = official.box
+    info = CropInfo(box=official.box, image_size=official.image_size, crop_size=(y1 - y0, x1 - x0))
+    return box_pixels(portrait, official.box), info
+
+
 def test_unmodified_crop_round_trips_exactly(portrait):
-    _, info = reference_crop(portrait, FACE_BOX, 512, 512)
-    x0, y0, x1, y1 = info.box
-    crop, info = reference_crop(portrait, FACE_BOX, y1 - y0, x1 - x0)  # crop at the box's own size: no resampling
+    crop, info = own_size_crop(portrait)  # the official box leaves the picture on the left and top
+    assert info.box[0] < 0 and info.box[1] < 0
     out, mask = paste_back(crop[None].repeat(2, 1, 1, 1), info, portrait, feather=0.1, color_match=False)
     assert out.shape == (2, 512, 512, 3) and mask.shape == (2, 512, 512)
     assert (out - portrait).abs().max() < 1e-6
@@ -73,9 +90,7 @@ def test_hard_edge_and_blend():
 
 
 def test_color_match_undoes_a_tint(portrait):
-    _, info = reference_crop(portrait, FACE_BOX, 512, 512)
-    x0, y0, x1, y1 = info.box
-    crop, info = reference_crop(portrait, FACE_BOX, y1 - y0, x1 - x0)
+    crop, info = own_size_crop(portrait)
     rows, cols = _visible(info.box, 512, 512)
     tinted = crop * torch.tensor([0.7, 0.9, 0.8]) + torch.tensor([0.2, 0.0, 0.1])  # per-channel affine, no clipping
     plain, _ = paste_back(tinted[None], info, portrait, feather=0.0, color_match=False)
@@ -148,14 +163,22 @@ def test_paste_back_memory_is_the_output_plus_a_constant(tmp_path, color_match):
         # glibc would keep freed chunk buffers in its heap (the RSS then grows with allocator history, not with
         # live memory): a fixed mmap threshold hands every large block back when it is freed.
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "1048576"}
-        result = subprocess.run([sys.executable, "-c", _MEASURE, str(pure), str(frames), str(int(color_match))],
-                                capture_output=True, text=True, check=True, timeout=300, env=env)
+        result = subprocess.run(
+            [sys.executable, "-c", _MEASURE, str(pure), str(frames), str(int(color_match))],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=300,
+            env=env,
+        )
         runs[frames] = json.loads(result.stdout.strip().splitlines()[-1])
-    mib = 1024 ** 2
+    mib = 1024**2
     chunk = 16 * 240 * 240 * 3 * 4  # one chunk of crops resized to the 240 x 240 box (compose._CHUNK frames)
     for frames, r in runs.items():
-        print(f"{frames} frames, color_match {color_match}: output {r['output'] / mib:.0f} MiB, peak "
-              f"+{r['peak'] / mib:.0f} MiB, beyond the output {(r['peak'] - r['output']) / mib:.1f} MiB")
+        print(
+            f"{frames} frames, color_match {color_match}: output {r['output'] / mib:.0f} MiB, peak "
+            f"+{r['peak'] / mib:.0f} MiB, beyond the output {(r['peak'] - r['output']) / mib:.1f} MiB"
+        )
         assert r["mask"] == 270 * 480 * 4, "the mask is one frame, broadcast"
         assert r["peak"] - r["output"] <= 6 * chunk  # one chunk: its resize, clamp and blend temporaries
     growth = (runs[256]["peak"] - runs[256]["output"]) - (runs[64]["peak"] - runs[64]["output"])

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+
 from xnemo_pack.xnemo_core.pure import svd_vae_keys
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,8 +51,10 @@ def test_names_map_one_to_one_without_touching_values():
     assert svd_vae_keys.is_comfy_svd(out) and not svd_vae_keys.is_diffusers_svd(out)
     assert len(out) == len(sd) - 2  # quant_conv folded away
     assert out["decoder.mid.block_1.mix_factor"] is sd["decoder.mid_block.resnets.0.time_mixer.mix_factor"]
-    assert out["decoder.up.3.block.0.time_stack.in_layers.2.weight"] is \
-        sd["decoder.up_blocks.0.resnets.0.temporal_res_block.conv1.weight"]
+    assert (
+        out["decoder.up.3.block.0.time_stack.in_layers.2.weight"]
+        is sd["decoder.up_blocks.0.resnets.0.temporal_res_block.conv1.weight"]
+    )
     assert out["decoder.conv_out.time_mix_conv.weight"] is sd["decoder.time_conv_out.weight"]
     assert out["encoder.mid.attn_1.q.weight"].shape == (*sd["encoder.mid_block.attentions.0.to_q.weight"].shape, 1, 1)
     assert out["encoder.conv_out.weight"] is sd["encoder.conv_out.weight"]  # identity quant_conv: untouched

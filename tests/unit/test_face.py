@@ -33,7 +33,7 @@ def _read_video(path: Path) -> torch.Tensor:
 
 def _canvas(frames: torch.Tensor, height: int, width: int, top: int, left: int) -> torch.Tensor:
     out = torch.full((frames.shape[0], height, width, 3), BACKGROUND)
-    out[:, top:top + frames.shape[1], left:left + frames.shape[2]] = frames
+    out[:, top : top + frames.shape[1], left : left + frames.shape[2]] = frames
     return out
 
 
@@ -122,8 +122,9 @@ def test_driving_crop_larger_than_frame_is_centred_and_padded():
     assert torch.allclose(crops.crops[0, :, 10:-10], frames[0, :, 30:150].permute(2, 0, 1) * 2 - 1, atol=1 / 255)
 
 
-@pytest.mark.parametrize("height,width,top,left", [(512, 896, 0, 384), (896, 512, 200, 0)],
-                         ids=["landscape-face-right", "portrait"])
+@pytest.mark.parametrize(
+    "height,width,top,left", [(512, 896, 0, 384), (896, 512, 200, 0)], ids=["landscape-face-right", "portrait"]
+)
 def test_padded_clips_track_the_face_where_it_is(video, height, width, top, left):
     clip = video[::10]  # 23 frames 0.4 s apart: still one continuous track
     base = face_track.track_face(clip)
@@ -250,7 +251,7 @@ def test_reference_crops(media_dir):
     big, big_info = face_crop.reference_crop(image, (100.0, 100.0, 412.0, 412.0), 512, 512)
     assert big_info.box == (-56, -56, 568, 568)
     rows = round(56 * 512 / 624)
-    assert big[: rows - 1].max() == 0 and big[:, : rows - 1].max() == 0 and big[rows + 1:-rows - 1].max() > 0
+    assert big[: rows - 1].max() == 0 and big[:, : rows - 1].max() == 0 and big[rows + 1 : -rows - 1].max() > 0
     # A portrait output grows the box to 3:4 instead of stretching the face.
     tall, tall_info = face_crop.reference_crop(image, box, 512, 384)
     bx0, by0, bx1, by1 = tall_info.box
@@ -294,9 +295,12 @@ def test_registry_and_argument_checks():
 def test_without_opencv_blazeface_and_the_preview_work_and_haar_says_what_to_do(monkeypatch):
     """The pack requires no OpenCV distribution: only the Haar detector needs one, and says so when there is none."""
     monkeypatch.setitem(sys.modules, "cv2", None)  # `import cv2` now raises ImportError
-    with pytest.raises(XNeMoError, match=r"detector 'haar' needs OpenCV, which ComfyUI's Python cannot import .*"
-                                         r"Use detector 'blazeface' \(the default, no OpenCV needed\), or install one "
-                                         r"OpenCV 4\.x build"):
+    with pytest.raises(
+        XNeMoError,
+        match=r"detector 'haar' needs OpenCV, which ComfyUI's Python cannot import .*"
+        r"Use detector 'blazeface' \(the default, no OpenCV needed\), or install one "
+        r"OpenCV 4\.x build",
+    ):
         face_track.get_detector("haar")
     assert isinstance(face_track.get_detector(), face_track.BlazeFaceFaceDetector)
     frames = torch.full((1, 64, 64, 3), 0.5)

@@ -8,8 +8,13 @@ import math
 import pytest
 import torch
 
-from xnemo_pack.xnemo_core.pure.layers import (PositionalEncoding, TemporalAttention, XNeMoSite, XNeMoSites,
-                                               sdpa_attention, sinusoidal_code)
+from xnemo_pack.xnemo_core.pure.layers import (
+    PositionalEncoding,
+    XNeMoSite,
+    XNeMoSites,
+    sdpa_attention,
+    sinusoidal_code,
+)
 
 
 def reference_attention(q, k, v, heads):

@@ -39,8 +39,11 @@ def imports(path: Path) -> tuple[set[str], set[str]]:
             base = list(package[: len(package) - (node.level - 1)]) if node.level - 1 <= len(package) else None
             assert base is not None, f"{path}: relative import climbs out of xnemo_core"
             target = base + (node.module.split(".") if node.module else [])
-            names = [target + [a.name] for a in node.names] if not node.module or (ENGINE.joinpath(*target)).is_dir() \
+            names = (
+                [target + [a.name] for a in node.names]
+                if not node.module or (ENGINE.joinpath(*target)).is_dir()
                 else [target]
+            )
             engine.update(".".join(n) for n in names if n)
     return absolute, engine
 
@@ -53,12 +56,15 @@ def test_imports_point_down_or_sideways(path):
     for target in engine:
         assert layer(target) <= layer(here), f"{here} imports {target}: a higher layer"
     if here.startswith("pure."):
-        assert not absolute & COMFY_MODULES, f"{here} imports {absolute & COMFY_MODULES}: pure rooms never import ComfyUI"
+        assert not absolute & COMFY_MODULES, (
+            f"{here} imports {absolute & COMFY_MODULES}: pure rooms never import ComfyUI"
+        )
 
 
 def test_no_import_cycles():
-    graph = {room_name(p): {t for t in imports(p)[1] if (ENGINE / (t.replace(".", "/") + ".py")).is_file()}
-             for p in rooms()}
+    graph = {
+        room_name(p): {t for t in imports(p)[1] if (ENGINE / (t.replace(".", "/") + ".py")).is_file()} for p in rooms()
+    }
     state: dict[str, int] = {}
 
     def visit(node: str, trail: list[str]) -> None:
@@ -86,12 +92,18 @@ def test_module_map_and_architecture_name_every_room():
 
 
 def test_unit_tests_need_torch_only():
-    """tests/unit runs without ComfyUI: it imports pure rooms only (adapters, pipeline and nodes live in tests/comfy)."""
+    """tests/unit runs without ComfyUI: it imports pure rooms only (adapters, pipeline, nodes: tests/comfy)."""
     for path in sorted((ROOT / "tests" / "unit").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             for name in names:
                 assert name.split(".")[0] not in COMFY_MODULES, f"{path.name} imports {name}"
-                assert not name.startswith(("xnemo_pack.xnemo_core.adapters", "xnemo_pack.xnemo_core.pipeline",
-                                            "xnemo_pack.nodes")), f"{path.name} imports {name}"
+                assert not name.startswith(
+                    ("xnemo_pack.xnemo_core.adapters", "xnemo_pack.xnemo_core.pipeline", "xnemo_pack.nodes")
+                ), f"{path.name} imports {name}"

@@ -82,7 +82,7 @@ def test_from_state_dict_reads_sizes():
 
 def test_attention_head_rule_and_override():
     assert attention_heads_for_width(1024) == 8  # official 8 x 128
-    assert attention_heads_for_width(32) == 2    # tiny fixture 2 x 16
+    assert attention_heads_for_width(32) == 2  # tiny fixture 2 x 16
     with pytest.raises(CheckpointError, match="attention_heads"):
         attention_heads_for_width(24)
     state = tiny_encoder().state_dict()
@@ -111,8 +111,15 @@ def test_fusion_head_matches_encoder_and_is_independent():
     f_rts = torch.randn(3, 3, generator=torch.Generator("cpu").manual_seed(2))
     head = encoder.fusion_head()
     assert isinstance(head, MotionFusion)
-    assert set(head.state_dict()) == {"pe", "bbox_proj.0.weight", "bbox_proj.0.bias", "bbox_proj.3.weight",
-                                      "bbox_proj.3.bias", "final_proj.weight", "final_proj.bias"}
+    assert set(head.state_dict()) == {
+        "pe",
+        "bbox_proj.0.weight",
+        "bbox_proj.0.bias",
+        "bbox_proj.3.weight",
+        "bbox_proj.3.bias",
+        "final_proj.weight",
+        "final_proj.bias",
+    }
     assert all(t.dtype == torch.float32 and t.device.type == "cpu" for t in head.state_dict().values())
     assert torch.equal(head(features, f_rts), encoder.fuse(features, f_rts))
     head.final_proj.bias.add_(1.0)

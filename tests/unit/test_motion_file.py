@@ -9,6 +9,7 @@ import pytest
 import torch
 from motion_samples import assert_same, motion
 from safetensors.torch import save_file
+
 from xnemo_pack.xnemo_core.pure.motion_file import (
     FORMAT_VERSION,
     MotionFileError,
@@ -29,8 +30,9 @@ def test_round_trip_is_exact(tmp_path):
     state, again = original.fusion.state_dict(), loaded.fusion.state_dict()
     assert state.keys() == again.keys() and all(torch.equal(state[k], again[k]) for k in state)
     with torch.no_grad():
-        assert torch.equal(original.fusion(original.face_features, original.f_rts),
-                           loaded.fusion(loaded.face_features, loaded.f_rts))
+        assert torch.equal(
+            original.fusion(original.face_features, original.f_rts), loaded.fusion(loaded.face_features, loaded.f_rts)
+        )
     meta = read_header(path)
     assert meta["format"] == "xnemo_motion" and meta["format_version"] == str(FORMAT_VERSION)
     assert is_motion_file(path)
@@ -48,8 +50,11 @@ def test_round_trip_without_optional_fields(tmp_path):
 def test_other_format_version_is_refused(tmp_path):
     path = str(tmp_path / "future.safetensors")
     m = motion()
-    save_file({"tokens": m.tokens, "face_features": m.face_features, "f_rts": m.f_rts}, path,
-              metadata={"format": "xnemo_motion", "format_version": "2", "fps": ""})
+    save_file(
+        {"tokens": m.tokens, "face_features": m.face_features, "f_rts": m.f_rts},
+        path,
+        metadata={"format": "xnemo_motion", "format_version": "2", "fps": ""},
+    )
     assert is_motion_file(path)  # listed by Load Motion, then refused with the reason
     with pytest.raises(MotionFileError, match="format version 2, but this version of the pack reads version 1"):
         load_motion(path)
@@ -71,16 +76,19 @@ def test_unreadable_files_get_a_clear_error(tmp_path, damage):
         save_file({"weight": torch.zeros(2)}, str(path))
         expected = "is not an X-NeMo motion file"
     elif damage == "missing_tokens":
-        save_file({"face_features": torch.zeros(2, 512)}, str(path),
-                  metadata={"format": "xnemo_motion", "format_version": "1"})
+        save_file(
+            {"face_features": torch.zeros(2, 512)},
+            str(path),
+            metadata={"format": "xnemo_motion", "format_version": "1"},
+        )
         expected = "lacks tokens, f_rts"
     else:
         size = struct.unpack("<Q", data[:8])[0]
-        header = json.loads(data[8:8 + size])
+        header = json.loads(data[8 : 8 + size])
         header["__metadata__"]["fps"] = "fast"
         blob = json.dumps(header).encode()
         blob += b" " * (-len(blob) % 8)
-        path.write_bytes(struct.pack("<Q", len(blob)) + blob + data[8 + size:])
+        path.write_bytes(struct.pack("<Q", len(blob)) + blob + data[8 + size :])
         expected = "its fps entry 'fast' is not a number"
     with pytest.raises(MotionFileError, match=expected) as err:
         load_motion(str(path))

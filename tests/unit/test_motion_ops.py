@@ -8,7 +8,16 @@ import pytest
 import torch
 
 from xnemo_pack.xnemo_core.pure import motion_ops
-from xnemo_pack.xnemo_core.pure.motion_ops import EASINGS, ease, interpolate, keyframes, lerp, parse_indices, retime, slerp
+from xnemo_pack.xnemo_core.pure.motion_ops import (
+    EASINGS,
+    ease,
+    interpolate,
+    keyframes,
+    lerp,
+    parse_indices,
+    retime,
+    slerp,
+)
 from xnemo_pack.xnemo_core.pure.payloads import MotionSequence
 
 
@@ -43,12 +52,18 @@ def make_motion(gen: torch.Generator, frames: int = 6, fps: float | None = 25.0,
         tokens = fusion(feats, f_rts) + 1e-7 * torch.randn(frames, 32, 16, generator=gen)
     boxes = torch.rand(frames, 4, generator=gen) * 100
     return MotionSequence(
-        tokens=tokens, face_features=feats, f_rts=f_rts, fusion=fusion, boxes=boxes,
-        face_found=torch.ones(frames, dtype=torch.bool), fps=fps,
+        tokens=tokens,
+        face_features=feats,
+        f_rts=f_rts,
+        fusion=fusion,
+        boxes=boxes,
+        face_found=torch.ones(frames, dtype=torch.bool),
+        fps=fps,
     )
 
 
 # --- easing -----------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", EASINGS)
 def test_easing_maps_ends_and_is_monotone(name):
@@ -66,6 +81,7 @@ def test_easings_include_the_documented_names():
 
 
 # --- blends -----------------------------------------------------------------------------------------------------
+
 
 def test_slerp_keeps_norms_when_equal(gen):
     a = torch.randn(8, 512, generator=gen)
@@ -101,6 +117,7 @@ def test_slerp_handles_parallel_opposite_and_zero_vectors(gen):
 
 
 # --- interpolate --------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("method", motion_ops.METHODS)
 @pytest.mark.parametrize("easing", EASINGS)
@@ -160,6 +177,7 @@ def test_interpolate_errors(gen):
 
 # --- keyframes ----------------------------------------------------------------------------------------------------
 
+
 def test_keyframes_copy_keys_and_fill_between(gen):
     m = make_motion(gen, frames=10)
     keys = [0, 5, -1, 5]
@@ -193,7 +211,10 @@ def test_parse_indices():
 
 # --- retime -------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("frames, old_fps, new_fps", [(10, 25.0, 30.0), (25, 25.0, 12.5), (9, 24.0, 60.0), (7, 30.0, 29.97)])
+
+@pytest.mark.parametrize(
+    "frames, old_fps, new_fps", [(10, 25.0, 30.0), (25, 25.0, 12.5), (9, 24.0, 60.0), (7, 30.0, 29.97)]
+)
 def test_retime_fps_keeps_duration_and_ends(gen, frames, old_fps, new_fps):
     m = make_motion(gen, frames=frames, fps=old_fps)
     out = retime(m, fps=new_fps)
@@ -229,6 +250,7 @@ def test_retime_errors(gen):
 
 
 # --- motion strength (towards the portrait's own motion) ---------------------------------------------------------
+
 
 def own_motion(gen: torch.Generator, fusion) -> MotionSequence:
     """The portrait's own motion as Reference Condition makes it: one face feature, f_rts [0, 0, 1], its tokens."""
@@ -270,8 +292,9 @@ def test_motion_strength_scales_expression_and_head_separately(gen):
     assert torch.allclose(half.face_features, slerp(own.face_features.expand(frames, -1), driving.face_features, 0.5))
     assert torch.allclose(half.f_rts, own.f_rts + 0.25 * (driving.f_rts - own.f_rts), atol=1e-6)
     more = motion_ops.toward_own_motion(driving, own, 1.5, 1.0, method="lerp")  # above 1 exaggerates
-    assert torch.allclose(more.face_features, own.face_features + 1.5 * (driving.face_features - own.face_features),
-                          atol=1e-5)
+    assert torch.allclose(
+        more.face_features, own.face_features + 1.5 * (driving.face_features - own.face_features), atol=1e-5
+    )
 
 
 def test_motion_strength_with_official_f_rts(gen):
@@ -281,8 +304,9 @@ def test_motion_strength_with_official_f_rts(gen):
     driving = driving.with_(f_rts=torch.tensor([[0.0, 0.0, 1.0]]).expand(driving.frames, -1).clone())
     own = own_motion(gen, driving.fusion)
     assert torch.equal(motion_ops.toward_own_motion(driving, own, 1.0, 0.0).tokens, driving.tokens)
-    assert torch.equal(motion_ops.toward_own_motion(driving, own, 0.0, 0.7).tokens,
-                       own.tokens.expand(driving.frames, -1, -1))
+    assert torch.equal(
+        motion_ops.toward_own_motion(driving, own, 0.0, 0.7).tokens, own.tokens.expand(driving.frames, -1, -1)
+    )
 
 
 @pytest.mark.parametrize("strength, head", [(-0.1, 1.0), (1.0, 2.5), (float("nan"), 1.0)])

@@ -7,9 +7,18 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parents[2] / "web" / "docs"
-NODE_IDS = ["XNeMoLoader", "XNeMoEncodeMotion", "XNeMoReferenceCondition", "XNeMoSampleAnimation",
-            "XNeMoInterpolateMotion", "XNeMoPasteBack", "XNeMoSaveMotion", "XNeMoLoadMotion", "XNeMoVAELoader",
-            "XNeMoVAEDecode"]
+NODE_IDS = [
+    "XNeMoLoader",
+    "XNeMoEncodeMotion",
+    "XNeMoReferenceCondition",
+    "XNeMoSampleAnimation",
+    "XNeMoInterpolateMotion",
+    "XNeMoPasteBack",
+    "XNeMoSaveMotion",
+    "XNeMoLoadMotion",
+    "XNeMoVAELoader",
+    "XNeMoVAEDecode",
+]
 
 
 @pytest.mark.parametrize("node_id", NODE_IDS)

@@ -20,8 +20,10 @@ needs_node = pytest.mark.skipif(NODE is None, reason="node is not installed")
 # A stand-in for ComfyUI's scripts/app.js and a minimal LiteGraph node, enough to run our hooks.
 APP_STUB = "export const app = { extensions: [], registerExtension(ext) { this.extensions.push(ext); } };\n"
 # scripts/api.js: fetchApi answers every query with argv[4] and records the URLs asked for.
-API_STUB = ("export const api = { urls: [], async fetchApi(url) { this.urls.push(url); "
-            "return { json: async () => JSON.parse(process.argv[4]) }; } };\n")
+API_STUB = (
+    "export const api = { urls: [], async fetchApi(url) { this.urls.push(url); "
+    "return { json: async () => JSON.parse(process.argv[4]) }; } };\n"
+)
 HARNESS = """
 import { app } from "./scripts/app.js";
 import { api } from "./scripts/api.js";
@@ -34,7 +36,9 @@ function makeType(widgets) {
   Node.prototype.computeSize = function () { return [200, 100]; };
   Node.prototype.setSize = function (s) { this.size = s; };
   Node.prototype.addCustomWidget = function (w) { this.widgets.push(w); return w; };
-  const make = () => { const n = new Node(); n.size = [100, 50]; n.widgets = widgets.map((w) => ({ ...w })); n.inputs = []; return n; };
+  const make = () => {
+    const n = new Node(); n.size = [100, 50]; n.widgets = widgets.map((w) => ({ ...w })); n.inputs = []; return n;
+  };
   return { Node, make };
 }
 const out = { name: ext.name, other: null, nodes: {} };
@@ -60,18 +64,28 @@ for (const [id, widgets] of Object.entries(JSON.parse(process.argv[3]))) {
   }
   out.nodes[id].texts = texts;
 }
-if (mod.EASINGS) out.easings = Object.fromEntries(Object.entries(mod.EASINGS).map(([k, f]) => [k, [0, 0.1, 0.37, 0.5, 0.8, 1].map(f)]));
+if (mod.EASINGS) {
+  const ts = [0, 0.1, 0.37, 0.5, 0.8, 1];
+  out.easings = Object.fromEntries(Object.entries(mod.EASINGS).map(([k, f]) => [k, ts.map(f)]));
+}
 out.urls = api.urls;
 console.log(JSON.stringify(out));
 """
 
-SAMPLER_WIDGETS = [{"name": "steps", "value": 35}, {"name": "context_length", "value": 24},
-                   {"name": "context_overlap", "value": 4}, {"name": "closed_loop", "value": True},
-                   {"name": "seed", "value": 7}, {"name": "offset_mode", "value": "seeded"}]
+SAMPLER_WIDGETS = [
+    {"name": "steps", "value": 35},
+    {"name": "context_length", "value": 24},
+    {"name": "context_overlap", "value": 4},
+    {"name": "closed_loop", "value": True},
+    {"name": "seed", "value": 7},
+    {"name": "offset_mode", "value": "seeded"},
+]
 # The official demo: 230 frames, context 24 overlap 4, closed loop -> 12 windows/step x 35 steps = 420 passes.
 WINDOWS_ANSWER = window_summary(230, 24, 4, True, 35, 7, "seeded")
-NODES = {"XNeMoInterpolateMotion": [{"name": "frames", "value": 16}, {"name": "easing", "value": "ease_in_out"}],
-         "XNeMoSampleAnimation": SAMPLER_WIDGETS}
+NODES = {
+    "XNeMoInterpolateMotion": [{"name": "frames", "value": 16}, {"name": "easing", "value": "ease_in_out"}],
+    "XNeMoSampleAnimation": SAMPLER_WIDGETS,
+}
 
 
 @needs_node
@@ -91,15 +105,21 @@ def test_extension_touches_only_our_nodes_and_wraps(tmp_path, path):
     target.parent.mkdir(parents=True)
     shutil.copy(path, target)
     (tmp_path / "harness.mjs").write_text(HARNESS)
-    run = subprocess.run([NODE, str(tmp_path / "harness.mjs"), target.as_uri(), json.dumps(NODES), json.dumps(WINDOWS_ANSWER)],
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [NODE, str(tmp_path / "harness.mjs"), target.as_uri(), json.dumps(NODES), json.dumps(WINDOWS_ANSWER)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)
     assert out["name"].startswith("XNeMo.") and out["other"], "must leave other node types alone"
     touched = [nid for nid, n in out["nodes"].items() if n["added"]]
     assert len(touched) == 1, f"one feature per file, got {touched}"
     node = out["nodes"][touched[0]]
-    assert node["result"] == "orig-result" and node["calls"] >= 1, "original onNodeCreated must run and its result return"
+    assert node["result"] == "orig-result" and node["calls"] >= 1, (
+        "original onNodeCreated must run and its result return"
+    )
     for widget in node["added"]:
         assert widget["serialize"] is False and widget["optSerialize"] is False, widget
     assert node["texts"], "the widget draws something"
@@ -109,8 +129,9 @@ def test_extension_touches_only_our_nodes_and_wraps(tmp_path, path):
             expected = [ease(name, t) for t in (0, 0.1, 0.37, 0.5, 0.8, 1)]
             assert values == pytest.approx(expected, abs=1e-12), name
     if touched == ["XNeMoSampleAnimation"]:  # the readout asks the route once per setting and shows its answer
-        assert out["urls"] == ["/xnemo/windows?frames=230&length=24&overlap=4&steps=35&closed_loop=true&seed=7"
-                               "&offset_mode=seeded"]
+        assert out["urls"] == [
+            "/xnemo/windows?frames=230&length=24&overlap=4&steps=35&closed_loop=true&seed=7&offset_mode=seeded"
+        ]
         assert any("frames unknown" in t for t in node["texts"])
         assert "230 frames: 12 windows/step (closed loop)" in node["texts"]
         assert "35 steps = 420 UNet passes" in node["texts"]

@@ -20,7 +20,6 @@ from ..pure.constants import CHECKPOINT_FILES, MODEL_FOLDER
 from ..pure.errors import CheckpointError
 from ..pure.keys import check_keys, listing
 
-
 SAFE_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 SITE_KINDS = ("motion_modules", "temporal_modules")
@@ -78,9 +77,13 @@ def _load_weights_only(path: Path):
         return torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
         lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(e).splitlines()]
-        reason = next((line for line in lines if "Unsupported global" in line or "WeightsUnpickler" in line),
-                      lines[0] if lines else "not plain tensors")
-        raise pickle.UnpicklingError(reason.split(" Please use", 1)[0].removeprefix("WeightsUnpickler error: ")) from None
+        reason = next(
+            (line for line in lines if "Unsupported global" in line or "WeightsUnpickler" in line),
+            lines[0] if lines else "not plain tensors",
+        )
+        raise pickle.UnpicklingError(
+            reason.split(" Please use", 1)[0].removeprefix("WeightsUnpickler error: ")
+        ) from None
 
 
 def _as_flat_state_dict(obj, name: str) -> dict[str, torch.Tensor]:
@@ -99,6 +102,7 @@ def _as_flat_state_dict(obj, name: str) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------------------------------------------------------
 # What each file is
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def identify(sd: dict[str, torch.Tensor]) -> str:
     """Which of the four X-NeMo files a state dict is (a key of CHECKPOINT_FILES), or "unknown"."""
@@ -184,12 +188,24 @@ class UNetShape:
             d = 1 if self.attention_levels[level] else 0
             depth_out += [d] * (self.num_res_blocks + 1)
         return {
-            "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
-            "legacy": False, "adm_in_channels": None, "in_channels": self.in_channels,
-            "model_channels": self.model_channels, "num_res_blocks": [self.num_res_blocks] * levels,
-            "transformer_depth": depth_in, "channel_mult": list(self.channel_mult), "transformer_depth_middle": 1,
-            "use_linear_in_transformer": False, "context_dim": self.context_dim, "num_heads": 8,
-            "num_head_channels": -1, "transformer_depth_output": depth_out, "use_temporal_attention": False,
+            "use_checkpoint": False,
+            "image_size": 32,
+            "out_channels": 4,
+            "use_spatial_transformer": True,
+            "legacy": False,
+            "adm_in_channels": None,
+            "in_channels": self.in_channels,
+            "model_channels": self.model_channels,
+            "num_res_blocks": [self.num_res_blocks] * levels,
+            "transformer_depth": depth_in,
+            "channel_mult": list(self.channel_mult),
+            "transformer_depth_middle": 1,
+            "use_linear_in_transformer": False,
+            "context_dim": self.context_dim,
+            "num_heads": 8,
+            "num_head_channels": -1,
+            "transformer_depth_output": depth_out,
+            "use_temporal_attention": False,
             "use_temporal_resblock": False,
         }
 
@@ -227,9 +243,15 @@ def unet_shape(sd: dict[str, torch.Tensor], name: str) -> UNetShape:
         raise CheckpointError(f"{name} is not an SD1.5-style UNet: key {e.args[0]} is missing.") from None
     if levels == 0 or num_res_blocks == 0:
         raise CheckpointError(f"{name} has no down blocks: not an X-NeMo UNet file.")
-    return UNetShape(model_channels=model_channels, channel_mult=tuple(mult), num_res_blocks=num_res_blocks,
-                     context_dim=context_dim, in_channels=in_channels, attention_levels=tuple(attn),
-                     has_output="conv_out.weight" in sd)
+    return UNetShape(
+        model_channels=model_channels,
+        channel_mult=tuple(mult),
+        num_res_blocks=num_res_blocks,
+        context_dim=context_dim,
+        in_channels=in_channels,
+        attention_levels=tuple(attn),
+        has_output="conv_out.weight" in sd,
+    )
 
 
 def diffusers_to_comfy_keys(shape: UNetShape) -> dict[str, str]:
@@ -242,8 +264,9 @@ def diffusers_to_comfy_keys(shape: UNetShape) -> dict[str, str]:
     return mapping
 
 
-def convert_unet_keys(sd: dict[str, torch.Tensor], shape: UNetShape, name: str,
-                      expected: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
+def convert_unet_keys(
+    sd: dict[str, torch.Tensor], shape: UNetShape, name: str, expected: dict[str, torch.Size]
+) -> dict[str, torch.Tensor]:
     """Diffusers UNet weights -> ComfyUI keys, strictly: every key of the file and of the model accounted for."""
     mapping = diffusers_to_comfy_keys(shape)
     unknown = sorted(set(sd) - set(mapping))
@@ -262,6 +285,7 @@ def convert_unet_keys(sd: dict[str, torch.Tensor], shape: UNetShape, name: str,
 # ---------------------------------------------------------------------------------------------------------------
 # X-NeMo sites: official prefixes in diffusers order
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def site_prefixes(shape: UNetShape) -> list[str]:
     """The 21 (for SD1.5) site prefixes in diffusers order: down blocks, mid block, up blocks."""

@@ -23,7 +23,8 @@ def blazeface_model_path() -> Path:
         f"the BlazeFace model {blazeface.MODEL_NAME} is in neither the pack's models/ folder "
         f"({blazeface.BUNDLED_MODEL.parent}) nor ComfyUI/models/{MODEL_FOLDER}/: restore the pack's models/ folder "
         f"(reinstall or git checkout models/), or copy {blazeface.MODEL_NAME} from the official X-NeMo repository "
-        f"into models/{MODEL_FOLDER}/; or pick the 'haar' detector")
+        f"into models/{MODEL_FOLDER}/; or pick the 'haar' detector"
+    )
 
 
 def face_detector(name: str) -> face_track.FaceDetector:

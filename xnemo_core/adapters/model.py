@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import comfy.model_management as mm
 import comfy.ops
@@ -20,10 +20,10 @@ import comfy.supported_models
 import torch
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-from . import checkpoint as ckpt
 from ..pure.errors import CheckpointError
 from ..pure.layers import XNeMoSites
 from ..pure.motion_encoder import MotionEncoder
+from . import checkpoint as ckpt
 from .unet_patch import apply_xnemo, make_patcher
 
 log = logging.getLogger("xnemo")
@@ -33,7 +33,7 @@ _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 # "auto" prefers what the official release runs on the GPU (configs/prompts/animation.yaml: weight_dtype fp16), then
 # bf16 where the device lacks fast fp16, then fp32 (CPU). ComfyUI decides what the device supports.
 AUTO_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-SITE_HEADS = 8   # official motion_module_kwargs / temporal_module_kwargs num_attention_heads
+SITE_HEADS = 8  # official motion_module_kwargs / temporal_module_kwargs num_attention_heads
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,7 +127,7 @@ def sites_state_dict(site_sds: dict[str, dict], shape: ckpt.UNetShape, names: di
         for k, prefix in enumerate(prefixes):
             head = prefix.format(kind=kind) + "."
             for key in [key for key in remaining if key.startswith(head)]:
-                out[f"sites.{k}.{ours}.{key[len(head):]}"] = remaining.pop(key)
+                out[f"sites.{k}.{ours}.{key[len(head) :]}"] = remaining.pop(key)
         if remaining:
             raise CheckpointError(
                 f"{names[kind]} has {len(remaining)} {kind} keys outside the {len(prefixes)} X-NeMo sites of this "
@@ -138,8 +138,10 @@ def sites_state_dict(site_sds: dict[str, dict], shape: ckpt.UNetShape, names: di
         if w is None:
             w = out.get(f"sites.{k}.temporal.temporal_transformer.proj_in.weight")
         if w is None:
-            raise CheckpointError(f"X-NeMo site {prefixes[k].format(kind='*')} has no weights in "
-                                  f"{names['motion_modules']} nor {names['temporal_modules']}.")
+            raise CheckpointError(
+                f"X-NeMo site {prefixes[k].format(kind='*')} has no weights in "
+                f"{names['motion_modules']} nor {names['temporal_modules']}."
+            )
         channels.append(w.shape[0])
     return out, channels
 
@@ -150,8 +152,15 @@ def build_sites(site_sds: dict, shape: ckpt.UNetShape, precision: Precision, nam
     pe_key = "sites.0.temporal.temporal_transformer.transformer_blocks.0.attention_blocks.0.pos_encoder.pe"
     token_dim = sd[token_key].shape[1] if token_key in sd else 16
     max_frames = sd[pe_key].shape[1] if pe_key in sd else 32
-    sites = XNeMoSites(channels, token_dim, SITE_HEADS, max_frames, dtype=precision.weight, device=META,
-                       operations=precision.operations())
+    sites = XNeMoSites(
+        channels,
+        token_dim,
+        SITE_HEADS,
+        max_frames,
+        dtype=precision.weight,
+        device=META,
+        operations=precision.operations(),
+    )
     expected = {k: v.shape for k, v in sites.state_dict().items()}
     _check_site_keys(expected, sd, ckpt.site_prefixes(shape), names)
     assign_weights(sites, sd)
@@ -161,7 +170,8 @@ def build_sites(site_sds: dict, shape: ckpt.UNetShape, precision: Precision, nam
 def _check_site_keys(expected: dict, sd: dict, prefixes: list[str], names: dict[str, str]) -> None:
     """check_keys per file, in the official key names (`up_blocks.3.motion_modules.2.*`, not `sites.20.motion.*`)."""
     for kind, ours in (("motion_modules", "motion"), ("temporal_modules", "temporal")):
-        def official(keys: dict) -> dict:
+
+        def official(keys: dict, ours: str = ours, kind: str = kind) -> dict:
             out = {}
             for key, value in keys.items():
                 _, index, part, rest = key.split(".", 3)
@@ -176,11 +186,13 @@ def _check_site_keys(expected: dict, sd: dict, prefixes: list[str], names: dict[
 # XNEMO bundle
 # ---------------------------------------------------------------------------------------------------------------
 
+
 class XNeMoBundle:
     """XNEMO: the ReferenceNet and the motion encoder, each in a ComfyUI ModelPatcher, plus what the nodes need."""
 
-    def __init__(self, reference_unet: UNetModel, motion_encoder: MotionEncoder, precision: Precision,
-                 latent_channels: int):
+    def __init__(
+        self, reference_unet: UNetModel, motion_encoder: MotionEncoder, precision: Precision, latent_channels: int
+    ):
         self.reference = make_patcher(reference_unet)
         self.motion = make_patcher(motion_encoder)
         self.precision = precision
@@ -194,15 +206,16 @@ class XNeMoBundle:
         return self._fusion
 
     @torch.no_grad()
-    def encode_faces(self, crops: torch.Tensor, progress: Callable[[int, int], None] | None = None,
-                     batch: int = 16) -> torch.Tensor:
+    def encode_faces(
+        self, crops: torch.Tensor, progress: Callable[[int, int], None] | None = None, batch: int = 16
+    ) -> torch.Tensor:
         """Raw 512-d face features [N, 512] (float32, CPU) of motion crops [N, 3, 224, 224] in [-1, 1]."""
         mm.load_models_gpu([self.motion])
         encoder = self.motion.model
         device = self.motion.load_device
         out = []
         for start in range(0, crops.shape[0], batch):
-            chunk = crops[start:start + batch].to(device=device, dtype=self.precision.compute)
+            chunk = crops[start : start + batch].to(device=device, dtype=self.precision.compute)
             out.append(encoder.encode_face(chunk).float().cpu())
             if progress is not None:
                 progress(min(start + batch, crops.shape[0]), crops.shape[0])
@@ -226,8 +239,10 @@ def load_xnemo(files: XNeMoFiles, weight_dtype: str = "auto"):
     temporal = _read(files.temporal_module, "temporal_module")
     base, sites = ckpt.split_sites(denoising)
     if sites["temporal_modules"]:
-        raise CheckpointError(f"{names['denoising_unet']} already contains temporal layers; expected them only in "
-                              f"{names['temporal_modules']}.")
+        raise CheckpointError(
+            f"{names['denoising_unet']} already contains temporal layers; expected them only in "
+            f"{names['temporal_modules']}."
+        )
     _, temporal_sites = ckpt.split_sites(temporal)
     sites["temporal_modules"] = temporal_sites["temporal_modules"]
 
@@ -243,9 +258,9 @@ def load_xnemo(files: XNeMoFiles, weight_dtype: str = "auto"):
     ref_shape = ckpt.unet_shape(reference_sd, names["reference_unet"])
     if (ref_shape.model_channels, ref_shape.channel_mult) != (shape.model_channels, shape.channel_mult):
         raise CheckpointError(
-            f"{names['reference_unet']} (channels {ref_shape.model_channels} x {ref_shape.channel_mult}) does not match "
-            f"{names['denoising_unet']} (channels {shape.model_channels} x {shape.channel_mult}): one file is from a "
-            f"different (tiny vs full-size) set. Use the four files of one release."
+            f"{names['reference_unet']} (channels {ref_shape.model_channels} x {ref_shape.channel_mult}) does not "
+            f"match {names['denoising_unet']} (channels {shape.model_channels} x {shape.channel_mult}): one file is "
+            f"from a different (tiny vs full-size) set. Use the four files of one release."
         )
     reference = build_reference_unet(reference_sd, precision, names["reference_unet"])
     del reference_sd
@@ -255,6 +270,11 @@ def load_xnemo(files: XNeMoFiles, weight_dtype: str = "auto"):
     encoder.eval()
 
     model = apply_xnemo(make_patcher(unet), make_patcher(site_modules))
-    log.info("X-NeMo loaded: UNet %d channels x %s, %d sites, weights %s", shape.model_channels,
-             list(shape.channel_mult), len(site_modules.sites), precision.weight)
+    log.info(
+        "X-NeMo loaded: UNet %d channels x %s, %d sites, weights %s",
+        shape.model_channels,
+        list(shape.channel_mult),
+        len(site_modules.sites),
+        precision.weight,
+    )
     return model, XNeMoBundle(reference, encoder, precision, shape.in_channels)

@@ -56,10 +56,15 @@ class ReferenceBank:
         weights change (another LoRA, another device, a weight function added by a patch)."""
         # Weights made under torch.inference_mode (as ComfyUI runs its nodes) are inference tensors, which keep no
         # version counter: for them id and data pointer stand alone.
-        version = tuple((id(lin.weight), lin.weight.data_ptr(),
-                         -1 if lin.weight.is_inference() else lin.weight._version,
-                         tuple(id(f) for f in getattr(lin, "weight_function", ())))
-                        for lin in (attn.to_k, attn.to_v))
+        version = tuple(
+            (
+                id(lin.weight),
+                lin.weight.data_ptr(),
+                -1 if lin.weight.is_inference() else lin.weight._version,
+                tuple(id(f) for f in getattr(lin, "weight_function", ())),
+            )
+            for lin in (attn.to_k, attn.to_v)
+        )
         tag = (id(attn), version, torch.device(device), dtype)
         cached = self._projected.get(key)
         if cached is None or cached[0] != tag:
@@ -93,8 +98,12 @@ def run_reference_unet(reference_patcher, latent: torch.Tensor, clip_embed: torc
     writer = BankWriter()
     x = latent.to(device=device, dtype=dtype)
     t = torch.zeros(x.shape[0], device=device, dtype=torch.float32)
-    out = unet(x, timesteps=t, context=clip_embed.to(device=device, dtype=dtype),
-               transformer_options={"patches": {"attn1_patch": [writer]}})
+    out = unet(
+        x,
+        timesteps=t,
+        context=clip_embed.to(device=device, dtype=dtype),
+        transformer_options={"patches": {"attn1_patch": [writer]}},
+    )
     return writer.blocks, out
 
 
@@ -135,7 +144,7 @@ class ReferenceRead:
 
     key: tuple
     attn: torch.nn.Module
-    tokens: int                       # query tokens of this block (a check that the call is this block's attn1)
+    tokens: int  # query tokens of this block (a check that the call is this block's attn1)
 
 
 class ReferenceAttentionPatch:
@@ -161,9 +170,9 @@ class ReferenceAttentionPatch:
         entry = state.bank.blocks[key]
         if entry.shape[1:] != n.shape[1:]:
             raise IncompatibleModelError(
-                f"the reference was encoded for a {state.bank.latent_hw[1] * 8}x{state.bank.latent_hw[0] * 8} image but "
-                f"the latent being sampled has another size: use the LATENT from X-NeMo Reference Condition, or set "
-                f"its width/height to the size you sample at"
+                f"the reference was encoded for a {state.bank.latent_hw[1] * 8}x{state.bank.latent_hw[0] * 8} image "
+                f"but the latent being sampled has another size: use the LATENT from X-NeMo Reference Condition, or "
+                f"set its width/height to the size you sample at"
             )
         attn = None if state.unet is None else attn1_modules(state.unet).get(key)
         if attn is not None and not state.replace_patched:
@@ -174,10 +183,15 @@ class ReferenceAttentionPatch:
         keys = context_attn1 if context_attn1 is not None else n
         values = value_attn1 if value_attn1 is not None else keys
         if keys.shape[1:] != ref.shape[1:] or values.shape[1:] != ref.shape[1:]:
-            raise IncompatibleModelError("another attn1 patch changed the self-attention keys of an X-NeMo block while "
-                                         "an attn1 replace patch is active: remove one of the two patches")
-        return (n, torch.cat([keys, torch.where(flags, ref.expand_as(keys), keys)], dim=1),
-                torch.cat([values, torch.where(flags, ref.expand_as(values), values)], dim=1))
+            raise IncompatibleModelError(
+                "another attn1 patch changed the self-attention keys of an X-NeMo block while "
+                "an attn1 replace patch is active: remove one of the two patches"
+            )
+        return (
+            n,
+            torch.cat([keys, torch.where(flags, ref.expand_as(keys), keys)], dim=1),
+            torch.cat([values, torch.where(flags, ref.expand_as(values), values)], dim=1),
+        )
 
     def to(self, device_or_dtype):
         return self
@@ -219,16 +233,24 @@ class ReferenceAttention:
         state = (kwargs.get("transformer_options") or {}).get(PATCH_KEY)
         read = getattr(state, "pending", None)
         if read is None:
-            if (k.shape[1] == 1 and self.previous is None and not args and kwargs.get("mask") is None
-                    and not kwargs.get("skip_reshape") and not kwargs.get("skip_output_reshape")):
+            if (
+                k.shape[1] == 1
+                and self.previous is None
+                and not args
+                and kwargs.get("mask") is None
+                and not kwargs.get("skip_reshape")
+                and not kwargs.get("skip_output_reshape")
+            ):
                 # attn2 on X-NeMo's single CLIP token: a softmax over one key is exactly 1, the output is v itself
                 return v.expand(-1, q.shape[1], -1).to(q.dtype)
             return self._attend(func, q, k, v, heads, *args, **kwargs)
         state.pending = None
         if q.shape[1] != read.tokens or args or kwargs.get("mask") is not None or kwargs.get("skip_reshape"):
-            raise IncompatibleModelError("an X-NeMo block's self-attention was called in an unexpected form (mask or "
-                                         "pre-shaped heads): another custom node patches attn1 in a way X-NeMo's "
-                                         "reference read does not support; disable it for X-NeMo models")
+            raise IncompatibleModelError(
+                "an X-NeMo block's self-attention was called in an unexpected form (mask or "
+                "pre-shaped heads): another custom node patches attn1 in a way X-NeMo's "
+                "reference read does not support; disable it for X-NeMo models"
+            )
         k_ref, v_ref = state.bank.projected(read.key, read.attn, q.device, q.dtype)
         outs = []
         for start, stop, reads in state.segments:

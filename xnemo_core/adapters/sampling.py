@@ -16,8 +16,8 @@ Motion tokens and the reference bank arrive ready-made in the conditioning: noth
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import comfy.model_management
 import comfy.patcher_extension
@@ -26,9 +26,18 @@ import comfy.samplers
 import torch
 import torch.nn.functional as F
 
-from ..pure.constants import (DEFAULT_CFG, DEFAULT_CONTEXT_LENGTH, DEFAULT_CONTEXT_OVERLAP, DEFAULT_STEPS, DRAFT_CFG,
-                              DRAFT_STEPS, INIT_BLUR_KERNEL, INIT_BLUR_SIGMA, NUM_TRAIN_TIMESTEPS,
-                              TEMPORAL_MAX_FRAMES)
+from ..pure.constants import (
+    DEFAULT_CFG,
+    DEFAULT_CONTEXT_LENGTH,
+    DEFAULT_CONTEXT_OVERLAP,
+    DEFAULT_STEPS,
+    DRAFT_CFG,
+    DRAFT_STEPS,
+    INIT_BLUR_KERNEL,
+    INIT_BLUR_SIGMA,
+    NUM_TRAIN_TIMESTEPS,
+    TEMPORAL_MAX_FRAMES,
+)
 from ..pure.errors import IncompatibleModelError, XNeMoError
 from ..pure.windows import context_windows, frames_per_call, window_offsets, windows_per_step
 from .unet_patch import KEY, MOTION_COND, is_xnemo_model
@@ -45,6 +54,7 @@ MAX_CFG = 30.0
 # Schedule
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def ddim_timesteps(steps: int, train_steps: int = NUM_TRAIN_TIMESTEPS, offset: int = 1) -> list[int]:
     """diffusers DDIM "leading" timesteps with steps_offset 1, highest first (35 steps: 953, 925, ..., 1)."""
     ratio = train_steps // steps
@@ -59,12 +69,13 @@ def make_sigmas(model_sampling, scheduler: str, steps: int, denoise: float = 1.0
         sigmas = torch.cat([model_sampling.sigmas[timesteps].float(), torch.zeros(1)])
     else:
         sigmas = comfy.samplers.calculate_sigmas(model_sampling, scheduler, total).cpu()
-    return sigmas[-(steps + 1):]
+    return sigmas[-(steps + 1) :]
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Start latent
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def gaussian_blur(x: torch.Tensor, kernel: int = INIT_BLUR_KERNEL, sigma: float = INIT_BLUR_SIGMA) -> torch.Tensor:
     """Per-channel Gaussian blur with reflect padding, the kernel built as torchvision's GaussianBlur builds it."""
@@ -85,6 +96,7 @@ def blurred_reference(ref_latent: torch.Tensor, frames: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------------
 # Windows
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def _slice_conds(conds: list, index: torch.Tensor, frames: int) -> list:
     """Copies of ComfyUI's processed conds with every per-frame model_cond cut to the window's frames."""
@@ -133,9 +145,13 @@ class WindowPlan:
         for window in self.windows_for(frames, step):
             comfy.model_management.throw_exception_if_processing_interrupted()
             index = torch.tensor(window, device=x_in.device)
-            outs = executor(model, _slice_conds(conds, index, frames), x_in.index_select(0, index),
-                            timestep.index_select(0, index) if timestep.ndim and timestep.shape[0] == frames else timestep,
-                            model_options)
+            outs = executor(
+                model,
+                _slice_conds(conds, index, frames),
+                x_in.index_select(0, index),
+                timestep.index_select(0, index) if timestep.ndim and timestep.shape[0] == frames else timestep,
+                model_options,
+            )
             for total, part in zip(sums, outs):
                 total.index_add_(0, index, part)
             counts.index_add_(0, index, torch.ones_like(counts[: len(window)]))
@@ -166,8 +182,8 @@ def _step_index(timestep: torch.Tensor, model_options: dict) -> int:
     if matches.numel() == 0:
         raise XNeMoError(
             f"the sampler asked for sigma {float(sigma):.6g}, which is not one of this run's {len(sigmas)} sigmas, so "
-            f"the step's window offset is unknown: use a sampler that evaluates the model only at the schedule's sigmas "
-            f"(euler, ddim, dpmpp_2m, ...) with more than one window, or set offset_mode to none"
+            f"the step's window offset is unknown: use a sampler that evaluates the model only at the schedule's "
+            f"sigmas (euler, ddim, dpmpp_2m, ...) with more than one window, or set offset_mode to none"
         )
     return int(matches[0])
 
@@ -175,6 +191,7 @@ def _step_index(timestep: torch.Tensor, model_options: dict) -> int:
 # ---------------------------------------------------------------------------------------------------------------
 # The whole clip
 # ---------------------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, kw_only=True)
 class SampleSettings:
@@ -188,14 +205,15 @@ class SampleSettings:
     context_overlap: int = DEFAULT_CONTEXT_OVERLAP
     closed_loop: bool = True
     offset_mode: str = "seeded"
-    compile: bool = False   # torch.compile the UNet for this run (ComfyUI's TorchCompileModel path, inductor)
+    compile: bool = False  # torch.compile the UNet for this run (ComfyUI's TorchCompileModel path, inductor)
 
     def validate(self, frames: int, max_window: int = TEMPORAL_MAX_FRAMES) -> None:
         if not 0 <= self.seed <= MAX_SEED:
             raise XNeMoError(f"seed is {self.seed}: use a whole number from 0 to {MAX_SEED}")
         if not 0.0 <= self.cfg <= MAX_CFG:  # also refuses NaN
-            raise XNeMoError(f"cfg is {self.cfg}: use 0..{MAX_CFG:g} (the official value is 2.5; 1 turns the "
-                             f"negative branch off)")
+            raise XNeMoError(
+                f"cfg is {self.cfg}: use 0..{MAX_CFG:g} (the official value is 2.5; 1 turns the negative branch off)"
+            )
         if self.steps < 1:
             raise XNeMoError(f"steps is {self.steps}: it must be at least 1 (the official value is {DEFAULT_STEPS})")
         if not 0.0 < self.denoise <= 1.0:
@@ -208,8 +226,8 @@ class SampleSettings:
             )
         if self.context_length < 1 or self.context_length > max_window:
             raise XNeMoError(
-                f"context_length is {self.context_length}: the temporal layers see at most {max_window} frames at once; "
-                f"use 1..{max_window} (the official value is {DEFAULT_CONTEXT_LENGTH})"
+                f"context_length is {self.context_length}: the temporal layers see at most {max_window} frames at "
+                f"once; use 1..{max_window} (the official value is {DEFAULT_CONTEXT_LENGTH})"
             )
         if frames > self.context_length and not 0 <= self.context_overlap < self.context_length:
             raise XNeMoError(
@@ -241,7 +259,7 @@ PRESETS = ("custom", "draft")
 
 
 def apply_preset(settings: SampleSettings, preset: str) -> SampleSettings:
-    """"custom": the settings as given. "draft": a NOT official preview: cfg 1 (ComfyUI then skips the unconditional
+    """ "custom": the settings as given. "draft": a NOT official preview: cfg 1 (ComfyUI then skips the unconditional
     rows, half the UNet work) and at most DRAFT_STEPS steps; motion, reference, windows and seed unchanged."""
     if preset == "custom":
         return settings
@@ -261,10 +279,19 @@ def total_windows(frames: int, s: SampleSettings, offsets: list[int] | None = No
     return sum(windows_per_step(frames, s.context_length, s.context_overlap, offsets, s.closed_loop))
 
 
-def sample_animation(model, positive, negative, latent_image: torch.Tensor, settings: SampleSettings, *,
-                     noise: torch.Tensor | None = None, offsets: list[int] | None = None,
-                     callback: Callable | None = None, on_window: Callable[[int, int], None] | None = None,
-                     disable_pbar: bool = True) -> torch.Tensor:
+def sample_animation(
+    model,
+    positive,
+    negative,
+    latent_image: torch.Tensor,
+    settings: SampleSettings,
+    *,
+    noise: torch.Tensor | None = None,
+    offsets: list[int] | None = None,
+    callback: Callable | None = None,
+    on_window: Callable[[int, int], None] | None = None,
+    disable_pbar: bool = True,
+) -> torch.Tensor:
     """Sample a clip. latent_image: [F, 4, h, w] unscaled LATENT samples (the blurred reference from Reference
     Condition). `noise` and `offsets` override the seeded ones (parity tests feed the official run's). Returns the
     final latent [F, 4, h, w], unscaled (decode with VAE Decode)."""
@@ -274,9 +301,13 @@ def sample_animation(model, positive, negative, latent_image: torch.Tensor, sett
     settings.validate(frames)
     check_conditioning_frames(positive, negative, frames)
     model = model.clone()
-    plan = WindowPlan(length=settings.context_length, overlap=settings.context_overlap,
-                      closed_loop=settings.closed_loop,
-                      offsets=offsets if offsets is not None else run_offsets(settings), on_window=on_window)
+    plan = WindowPlan(
+        length=settings.context_length,
+        overlap=settings.context_overlap,
+        closed_loop=settings.closed_loop,
+        offsets=offsets if offsets is not None else run_offsets(settings),
+        on_window=on_window,
+    )
     model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, KEY, plan.calc_cond_batch)
     model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING, KEY, plan.prepare_sampling)
     if settings.compile:
@@ -287,5 +318,16 @@ def sample_animation(model, positive, negative, latent_image: torch.Tensor, sett
     sampler = comfy.samplers.sampler_object("euler" if settings.sampler_name == DEFAULT else settings.sampler_name)
     if noise is None:
         noise = comfy.sample.prepare_noise(latent_image, settings.seed)
-    return comfy.sample.sample_custom(model, noise, settings.cfg, sampler, sigmas, positive, negative, latent_image,
-                                      callback=callback, disable_pbar=disable_pbar, seed=settings.seed)
+    return comfy.sample.sample_custom(
+        model,
+        noise,
+        settings.cfg,
+        sampler,
+        sigmas,
+        positive,
+        negative,
+        latent_image,
+        callback=callback,
+        disable_pbar=disable_pbar,
+        seed=settings.seed,
+    )

@@ -31,10 +31,10 @@ from ..pure.layers import XNeMoSite, sdpa_attention
 from .reference_bank import ReferenceAttention, ReferenceAttentionPatch, ReferenceBank
 
 KEY = PATCH_KEY
-MOTION_COND = "xnemo_motion"   # CONDRegular [F, 32, 16]: motion tokens per frame
-REF_COND = "xnemo_ref"         # CONDRegular [F, 1]: 1 where the row reads the reference bank
-BANK_COND = "xnemo_bank"       # CONDConstant(ReferenceBank): same object on positive and negative, so they batch
-FRAME_COND = "xnemo_frame"     # CONDRegular [F] int64: clip frame index of each row, to catch mis-sliced windows
+MOTION_COND = "xnemo_motion"  # CONDRegular [F, 32, 16]: motion tokens per frame
+REF_COND = "xnemo_ref"  # CONDRegular [F, 1]: 1 where the row reads the reference bank
+BANK_COND = "xnemo_bank"  # CONDConstant(ReferenceBank): same object on positive and negative, so they batch
+FRAME_COND = "xnemo_frame"  # CONDRegular [F] int64: clip frame index of each row, to catch mis-sliced windows
 
 
 class XNeMoModelSampling(comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.EPS):
@@ -43,7 +43,7 @@ class XNeMoModelSampling(comfy.model_sampling.ModelSamplingDiscrete, comfy.model
 
     def __init__(self):
         super().__init__()
-        betas = torch.linspace(BETA_START ** 0.5, BETA_END ** 0.5, NUM_TRAIN_TIMESTEPS, dtype=torch.float32) ** 2
+        betas = torch.linspace(BETA_START**0.5, BETA_END**0.5, NUM_TRAIN_TIMESTEPS, dtype=torch.float32) ** 2
         self._register_schedule(given_betas=betas, linear_start=BETA_START, linear_end=BETA_END)
 
 
@@ -51,13 +51,13 @@ class XNeMoModelSampling(comfy.model_sampling.ModelSamplingDiscrete, comfy.model
 class CallState:
     """What the sites and the reference read need for one UNet call (rows aligned with x)."""
 
-    motion: torch.Tensor          # [rows, 32, 16]
-    use_reference: torch.Tensor   # [rows] bool
+    motion: torch.Tensor  # [rows, 32, 16]
+    use_reference: torch.Tensor  # [rows] bool
     bank: ReferenceBank | None
-    frames: int                   # frames per chunk (temporal attention runs over these)
-    unet: torch.nn.Module | None = None       # the UNetModel being run (finds each block's attn1)
-    replace_patched: bool = False             # an attn1 replace patch is active: read the bank the concatenating way
-    pending: object = None                    # reference_bank.ReferenceRead handed from the attn1 patch to attention
+    frames: int  # frames per chunk (temporal attention runs over these)
+    unet: torch.nn.Module | None = None  # the UNetModel being run (finds each block's attn1)
+    replace_patched: bool = False  # an attn1 replace patch is active: read the bank the concatenating way
+    pending: object = None  # reference_bank.ReferenceRead handed from the attn1 patch to attention
     segments: list = field(default_factory=list)  # (start, stop, reads reference) runs of rows
 
     def __post_init__(self):
@@ -74,6 +74,7 @@ class CallState:
 # ---------------------------------------------------------------------------------------------------------------
 # Injection of the sites into the UNet block lists
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def site_slots(unet) -> list[tuple[torch.nn.Sequential, int]]:
     """(block list, insert position) for every site, in diffusers order: after the last SpatialTransformer of a block,
@@ -138,6 +139,7 @@ def site_handler(layer: XNeMoSite, x, emb, context, transformer_options, *args, 
 # Conditioning -> transformer_options, reference read
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def diffusion_model_wrapper(executor, x, timesteps, context, y, control, transformer_options, **kwargs):
     """Move X-NeMo's per-row conditioning into transformer_options for the sites and the attn1 patch."""
     motion = kwargs.pop(MOTION_COND, None)
@@ -155,8 +157,14 @@ def diffusion_model_wrapper(executor, x, timesteps, context, y, control, transfo
         _check_window(frame_ids, transformer_options, rows // chunks)
         flags = torch.zeros(rows, dtype=torch.bool, device=x.device) if use_ref is None else use_ref.reshape(rows) > 0.5
         replaced = bool(transformer_options.get("patches_replace", {}).get("attn1"))
-        state = CallState(motion=motion, use_reference=flags, bank=bank, frames=rows // chunks,
-                          unet=getattr(executor, "class_obj", None), replace_patched=replaced)
+        state = CallState(
+            motion=motion,
+            use_reference=flags,
+            bank=bank,
+            frames=rows // chunks,
+            unet=getattr(executor, "class_obj", None),
+            replace_patched=replaced,
+        )
         transformer_options = {**transformer_options, KEY: state}
     previous = transformer_options.get("optimized_attention_override")
     if not isinstance(previous, ReferenceAttention):
@@ -187,6 +195,7 @@ def _check_window(frame_ids, transformer_options: dict, frames: int) -> None:
 # Putting it together
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def refuse_core_context_windows(executor, *args, **kwargs):
     """OUTER_SAMPLE wrapper: core Context Windows nodes cannot window X-NeMo's frames-as-batch latents in this ComfyUI
     (their step lookup fails on per-frame timesteps before any model call), so say what to use instead."""
@@ -198,14 +207,16 @@ def refuse_core_context_windows(executor, *args, **kwargs):
     return executor(*args, **kwargs)
 
 
-def apply_xnemo(model: comfy.model_patcher.ModelPatcher,
-                sites_patcher: comfy.model_patcher.ModelPatcher) -> comfy.model_patcher.ModelPatcher:
+def apply_xnemo(
+    model: comfy.model_patcher.ModelPatcher, sites_patcher: comfy.model_patcher.ModelPatcher
+) -> comfy.model_patcher.ModelPatcher:
     """A clone of `model` with X-NeMo's sites, reference read and schedule attached (the input is left untouched)."""
     model = model.clone()
     model.set_additional_models(KEY, [sites_patcher])
     injection = SiteInjection(sites_patcher)
-    model.set_injections(KEY, [comfy.patcher_extension.PatcherInjection(inject=injection.inject,
-                                                                        eject=injection.eject)])
+    model.set_injections(
+        KEY, [comfy.patcher_extension.PatcherInjection(inject=injection.inject, eject=injection.eject)]
+    )
     model.set_model_forward_timestep_embed_patch((XNeMoSite, site_handler))
     model.set_model_attn1_patch(ReferenceAttentionPatch())
     model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, KEY, diffusion_model_wrapper)
@@ -221,12 +232,16 @@ def is_xnemo_model(model: comfy.model_patcher.ModelPatcher) -> bool:
 def make_patcher(module: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:
     """Wrap an X-NeMo module so ComfyUI's model management loads, offloads and casts it."""
     patcher_cls = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
-    return patcher_cls(module, load_device=comfy.model_management.get_torch_device(),
-                       offload_device=comfy.model_management.unet_offload_device())
+    return patcher_cls(
+        module,
+        load_device=comfy.model_management.get_torch_device(),
+        offload_device=comfy.model_management.unet_offload_device(),
+    )
 
 
-def xnemo_conditioning(clip_embed: torch.Tensor, bank: ReferenceBank, motion_tokens: torch.Tensor,
-                       reference_tokens: torch.Tensor) -> tuple[list, list]:
+def xnemo_conditioning(
+    clip_embed: torch.Tensor, bank: ReferenceBank, motion_tokens: torch.Tensor, reference_tokens: torch.Tensor
+) -> tuple[list, list]:
     """Positive and negative CONDITIONING for X-NeMo (the official CFG pair).
 
     positive: CLIP image embedding, driving motion per frame, attn1 reads the reference bank;
@@ -238,16 +253,30 @@ def xnemo_conditioning(clip_embed: torch.Tensor, bank: ReferenceBank, motion_tok
     frames = motion_tokens.shape[0]
     shared_bank = comfy.conds.CONDConstant(bank)
     frame_index = comfy.conds.CONDRegular(torch.arange(frames, dtype=torch.int64))
-    positive = [[clip_embed, {"model_conds": {
-        FRAME_COND: frame_index,
-        MOTION_COND: comfy.conds.CONDRegular(motion_tokens),
-        REF_COND: comfy.conds.CONDRegular(torch.ones(frames, 1)),
-        BANK_COND: shared_bank,
-    }}]]
-    negative = [[torch.zeros_like(clip_embed), {"model_conds": {
-        FRAME_COND: frame_index,
-        MOTION_COND: comfy.conds.CONDRegular(reference_tokens[:1].expand(frames, -1, -1).contiguous()),
-        REF_COND: comfy.conds.CONDRegular(torch.zeros(frames, 1)),
-        BANK_COND: shared_bank,
-    }}]]
+    positive = [
+        [
+            clip_embed,
+            {
+                "model_conds": {
+                    FRAME_COND: frame_index,
+                    MOTION_COND: comfy.conds.CONDRegular(motion_tokens),
+                    REF_COND: comfy.conds.CONDRegular(torch.ones(frames, 1)),
+                    BANK_COND: shared_bank,
+                }
+            },
+        ]
+    ]
+    negative = [
+        [
+            torch.zeros_like(clip_embed),
+            {
+                "model_conds": {
+                    FRAME_COND: frame_index,
+                    MOTION_COND: comfy.conds.CONDRegular(reference_tokens[:1].expand(frames, -1, -1).contiguous()),
+                    REF_COND: comfy.conds.CONDRegular(torch.zeros(frames, 1)),
+                    BANK_COND: shared_bank,
+                }
+            },
+        ]
+    ]
     return positive, negative

@@ -24,10 +24,12 @@ from ..pure.errors import IncompatibleModelError
 
 Progress = Callable[[int, int], None]
 
-CONVERT_HINT = ("load it with X-NeMo Load VAE, or convert it once with `python scripts/convert_svd_vae.py FILE` and "
-                "load the result with Load VAE")
-TEMPORAL = "temporal"   # SVD temporal decoder: frames of a chunk are decoded together
-IMAGE = "image"         # per-frame decoder (an SD1.5-family VAE: the documented non-official alternative)
+CONVERT_HINT = (
+    "load it with X-NeMo Load VAE, or convert it once with `python scripts/convert_svd_vae.py FILE` and "
+    "load the result with Load VAE"
+)
+TEMPORAL = "temporal"  # SVD temporal decoder: frames of a chunk are decoded together
+IMAGE = "image"  # per-frame decoder (an SD1.5-family VAE: the documented non-official alternative)
 
 _checked: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -35,16 +37,21 @@ _checked: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def unloaded_parameters(module: torch.nn.Module) -> list[str]:
     """Names of weights that look never loaded: ComfyUI builds modules without initialising them and only logs
     missing keys, so a tensor that is all zeros or not finite is one no file filled."""
-    return [name for name, t in module.state_dict().items()
-            if t.numel() > 1 and t.is_floating_point() and (not t.any() or not torch.isfinite(t).all())]
+    return [
+        name
+        for name, t in module.state_dict().items()
+        if t.numel() > 1 and t.is_floating_point() and (not t.any() or not torch.isfinite(t).all())
+    ]
 
 
 def vae_kind(vae) -> str:
     """Check that X-NeMo can use `vae` (8x downscale, 4 latent channels, every weight loaded); TEMPORAL or IMAGE."""
     model = getattr(vae, "first_stage_model", None)
     if model is None:
-        raise IncompatibleModelError("the VAE holds no weights (ComfyUI found none in the file): load the Stable Video "
-                                     "Diffusion VAE (see the README, 'Where the weights go')")
+        raise IncompatibleModelError(
+            "the VAE holds no weights (ComfyUI found none in the file): load the Stable Video "
+            "Diffusion VAE (see the README, 'Where the weights go')"
+        )
     if model in _checked:
         return _checked[model]
     decoder = getattr(model, "decoder", None)
@@ -54,16 +61,19 @@ def vae_kind(vae) -> str:
         raise IncompatibleModelError(
             "this VAE is the diffusers Stable Video Diffusion file (vae/diffusion_pytorch_model.*) loaded with core "
             "Load VAE: ComfyUI 0.3.75 misreads it as a 4x upscaler VAE with almost every weight missing. "
-            + CONVERT_HINT)
+            + CONVERT_HINT
+        )
     if downscale != 8 or vae.latent_channels != 4 or getattr(vae, "latent_dim", 2) != 2:
         raise IncompatibleModelError(
             f"the VAE downscales {downscale}x into {vae.latent_channels} latent channels; X-NeMo's UNet works on "
-            f"8x-downscaled 4-channel image latents: use the Stable Video Diffusion VAE (official) or an SD1.5 VAE")
+            f"8x-downscaled 4-channel image latents: use the Stable Video Diffusion VAE (official) or an SD1.5 VAE"
+        )
     if unloaded:
         raise IncompatibleModelError(
             f"ComfyUI loaded this VAE with missing keys ({len(unloaded)} weights never filled, e.g. "
             f"{', '.join(unloaded[:3])}; the console shows 'Missing VAE keys'): the file is incomplete or not in a "
-            f"layout Load VAE knows. For the diffusers Stable Video Diffusion file, " + CONVERT_HINT)
+            f"layout Load VAE knows. For the diffusers Stable Video Diffusion file, " + CONVERT_HINT
+        )
     kind = TEMPORAL if isinstance(decoder, VideoDecoder) else IMAGE
     _checked[model] = kind
     return kind
@@ -88,7 +98,8 @@ def load_vae_file(path: str) -> comfy.sd.VAE:
         if missing or unexpected:
             raise IncompatibleModelError(
                 f"{path} is an incomplete Stable Video Diffusion VAE: missing {missing[:5]} ({len(missing)}), "
-                f"unexpected {unexpected[:5]} ({len(unexpected)}); download the whole file again")
+                f"unexpected {unexpected[:5]} ({len(unexpected)}); download the whole file again"
+            )
     vae_kind(vae)
     return vae
 
@@ -98,12 +109,13 @@ def encode_reference(vae, pixels: torch.Tensor) -> torch.Tensor:
     """The official reference latent of IMAGE `pixels` [1, H, W, 3] (the official crop at the output size): the
     latent distribution's mean x 0.18215, [1, 4, H/8, W/8] float32 on the CPU."""
     vae_kind(vae)
-    latent = vae.encode(pixels).float().cpu()   # ComfyUI: 2x-1, encoder, the distribution's mode (= its mean)
+    latent = vae.encode(pixels).float().cpu()  # ComfyUI: 2x-1, encoder, the distribution's mode (= its mean)
     return latent * LATENT_SCALE
 
 
-def decode_frames(vae, samples: torch.Tensor, chunk_size: int = DECODE_CHUNK_SIZE,
-                  progress: Progress | None = None) -> torch.Tensor:
+def decode_frames(
+    vae, samples: torch.Tensor, chunk_size: int = DECODE_CHUNK_SIZE, progress: Progress | None = None
+) -> torch.Tensor:
     """LATENT samples [F, 4, h, w] -> IMAGE [F, 8h, 8w, 3], decoded `chunk_size` frames at a time.
 
     With the SVD temporal decoder each chunk is one clip (its temporal layers mix frames within the chunk only), as
@@ -111,8 +123,10 @@ def decode_frames(vae, samples: torch.Tensor, chunk_size: int = DECODE_CHUNK_SIZ
     one chunk. Frames are written into a preallocated output on ComfyUI's intermediate device."""
     vae_kind(vae)
     if samples.ndim != 4 or samples.shape[1] != vae.latent_channels:
-        raise IncompatibleModelError(f"latent of shape {tuple(samples.shape)}: X-NeMo VAE Decode takes frames as a "
-                                     f"batch [frames, 4, h, w], the LATENT of X-NeMo Sample Animation")
+        raise IncompatibleModelError(
+            f"latent of shape {tuple(samples.shape)}: X-NeMo VAE Decode takes frames as a "
+            f"batch [frames, 4, h, w], the LATENT of X-NeMo Sample Animation"
+        )
     if chunk_size < 1:
         raise IncompatibleModelError(f"decode_chunk_size is {chunk_size}: it must be at least 1 (official 25)")
     frames = samples.shape[0]
@@ -124,11 +138,11 @@ def decode_frames(vae, samples: torch.Tensor, chunk_size: int = DECODE_CHUNK_SIZ
     with torch.no_grad():
         for done, start in enumerate(starts, 1):
             mm.throw_exception_if_processing_interrupted()
-            z = samples[start:start + chunk].to(device=vae.device, dtype=vae.vae_dtype)
+            z = samples[start : start + chunk].to(device=vae.device, dtype=vae.vae_dtype)
             pixels = vae.process_output(vae.first_stage_model.decode(z).to(vae.output_device).float())
             if out is None:
                 out = torch.empty((frames, *pixels.shape[1:]), device=vae.output_device)
-            out[start:start + z.shape[0]] = pixels
+            out[start : start + z.shape[0]] = pixels
             del z, pixels
             if progress is not None:
                 progress(done, len(starts))

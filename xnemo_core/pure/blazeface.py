@@ -47,8 +47,17 @@ class BlazeFaceModelError(XNeMoError):
 # ----------------------------------------------------------------------------------------------------------------------
 # The network: the tflite op list executed in torch (NCHW inside).
 
-_SUPPORTED = {"CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "RELU", "PAD", "MAX_POOL_2D", "RESHAPE", "CONCATENATION",
-              "DEQUANTIZE"}
+_SUPPORTED = {
+    "CONV_2D",
+    "DEPTHWISE_CONV_2D",
+    "ADD",
+    "RELU",
+    "PAD",
+    "MAX_POOL_2D",
+    "RESHAPE",
+    "CONCATENATION",
+    "DEQUANTIZE",
+}
 _NHWC_TO_NCHW_AXIS = {0: 0, 1: 2, 2: 3, 3: 1}
 
 
@@ -72,12 +81,15 @@ class BlazeFaceNet(torch.nn.Module):
         if unsupported:
             raise BlazeFaceModelError(f"the model uses operators this reader does not run: {unsupported}")
         if len(model.inputs) != 1 or model.tensors[model.inputs[0]].shape != (1, INPUT_SIZE, INPUT_SIZE, 3):
-            raise BlazeFaceModelError("not the short-range BlazeFace model: expected one 1x128x128x3 input, got "
-                                      f"{[model.tensors[i].shape for i in model.inputs]}")
+            raise BlazeFaceModelError(
+                "not the short-range BlazeFace model: expected one 1x128x128x3 input, got "
+                f"{[model.tensors[i].shape for i in model.inputs]}"
+            )
         outs = {model.tensors[i].shape: i for i in model.outputs}
         if set(outs) != {(1, NUM_ANCHORS, 16), (1, NUM_ANCHORS, 1)}:
-            raise BlazeFaceModelError("not the short-range BlazeFace model: expected outputs 1x896x16 and 1x896x1, got "
-                                      f"{sorted(outs)}")
+            raise BlazeFaceModelError(
+                f"not the short-range BlazeFace model: expected outputs 1x896x16 and 1x896x1, got {sorted(outs)}"
+            )
         self._input = model.inputs[0]
         self._boxes_out, self._scores_out = outs[(1, NUM_ANCHORS, 16)], outs[(1, NUM_ANCHORS, 1)]
         shapes = {t.index: t.shape for t in model.tensors}
@@ -109,9 +121,20 @@ class BlazeFaceNet(torch.nn.Module):
                     ph = _same_padding(shapes[x][1], kh, opt["stride_h"], opt["dilation_h_factor"])
                     pw = _same_padding(shapes[x][2], kw, opt["stride_w"], opt["dilation_w_factor"])
                     pad = (pw[0], pw[1], ph[0], ph[1])
-                self._steps.append(("conv", out, x, name, bias is not None, pad, (opt["stride_h"], opt["stride_w"]),
-                                    (opt["dilation_h_factor"], opt["dilation_w_factor"]), groups,
-                                    opt["fused_activation_function"]))
+                self._steps.append(
+                    (
+                        "conv",
+                        out,
+                        x,
+                        name,
+                        bias is not None,
+                        pad,
+                        (opt["stride_h"], opt["stride_w"]),
+                        (opt["dilation_h_factor"], opt["dilation_w_factor"]),
+                        groups,
+                        opt["fused_activation_function"],
+                    )
+                )
             elif op.op == "ADD":
                 self._steps.append(("add", out, op.inputs[0], op.inputs[1], op.options["fused_activation_function"]))
             elif op.op == "RELU":
@@ -130,8 +153,16 @@ class BlazeFaceNet(torch.nn.Module):
                     ph = _same_padding(shapes[x][1], opt["filter_height"], opt["stride_h"])
                     pw = _same_padding(shapes[x][2], opt["filter_width"], opt["stride_w"])
                     pad = (pw[0], pw[1], ph[0], ph[1])
-                self._steps.append(("pool", out, x, (opt["filter_height"], opt["filter_width"]),
-                                    (opt["stride_h"], opt["stride_w"]), pad))
+                self._steps.append(
+                    (
+                        "pool",
+                        out,
+                        x,
+                        (opt["filter_height"], opt["filter_width"]),
+                        (opt["stride_h"], opt["stride_w"]),
+                        pad,
+                    )
+                )
             elif op.op == "RESHAPE":
                 self._steps.append(("reshape", out, op.inputs[0], shapes[out][1:], len(shapes[op.inputs[0]]) == 4))
             elif op.op == "CONCATENATION":
@@ -168,15 +199,22 @@ class BlazeFaceNet(torch.nn.Module):
                     padding = pad[0]  # symmetric: inside the convolution, no padded copy
                 elif any(pad):
                     h = F.pad(h, pad)
-                h = F.conv2d(h, getattr(self, name + "_w"), getattr(self, name + "_b") if has_bias else None,
-                             stride, padding, dilation, groups)
+                h = F.conv2d(
+                    h,
+                    getattr(self, name + "_w"),
+                    getattr(self, name + "_b") if has_bias else None,
+                    stride,
+                    padding,
+                    dilation,
+                    groups,
+                )
                 values[out] = self._act(h, act)
             elif kind == "add":
                 values[out] = self._act(values[step[2]] + values[step[3]], step[4])
             elif kind == "add_padded":  # ADD of a channel-zero-padded tensor: add it into the first channels only
                 _, _, narrow, wide, act = step
                 h = values[wide] if wide in self._private else values[wide].clone()
-                h[:, :values[narrow].shape[1]] += values[narrow]
+                h[:, : values[narrow].shape[1]] += values[narrow]
                 values[out] = self._act(h, act)
             elif kind == "relu":
                 values[out] = F.relu(values[step[2]], inplace=step[2] in self._private)
@@ -214,8 +252,11 @@ def _fuse_channel_padding(steps: list[tuple]) -> list[tuple]:
     """BlazeBlocks widen their shortcut by zero-padding channels before the ADD; padding a channels-last tensor is a
     slow copy, so a PAD that only appends channels and feeds nothing but one ADD becomes an add into those channels."""
     users = _users(steps)
-    pads = {step[1]: step for step in steps if step[0] == "pad" and step[3][:5] == (0, 0, 0, 0, 0)
-            and users.get(step[1]) == 1}
+    pads = {
+        step[1]: step
+        for step in steps
+        if step[0] == "pad" and step[3][:5] == (0, 0, 0, 0, 0) and users.get(step[1]) == 1
+    }
     out = []
     for step in steps:
         if step[1] in pads:
@@ -235,15 +276,19 @@ def load_network(path: str | Path) -> BlazeFaceNet:
     """Read and check the BlazeFace short-range model file (sha256 and structure); clear errors for a bad file."""
     path = Path(path)
     if not path.is_file():
-        raise BlazeFaceModelError(f"BlazeFace model file not found: {path}; it ships in the pack's models/ folder "
-                                  f"(restore it, e.g. git checkout models/) or put {MODEL_NAME} from the official "
-                                  "X-NeMo repository into ComfyUI's models/x-nemo/; or pick the 'haar' detector")
+        raise BlazeFaceModelError(
+            f"BlazeFace model file not found: {path}; it ships in the pack's models/ folder "
+            f"(restore it, e.g. git checkout models/) or put {MODEL_NAME} from the official "
+            "X-NeMo repository into ComfyUI's models/x-nemo/; or pick the 'haar' detector"
+        )
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     if digest != MODEL_SHA256:
-        raise BlazeFaceModelError(f"{path} is not the official {MODEL_NAME} (sha256 {digest[:16]}..., expected "
-                                  f"{MODEL_SHA256[:16]}...): the file is corrupt or a different model; restore it "
-                                  "from the pack or the official X-NeMo repository")
+        raise BlazeFaceModelError(
+            f"{path} is not the official {MODEL_NAME} (sha256 {digest[:16]}..., expected "
+            f"{MODEL_SHA256[:16]}...): the file is corrupt or a different model; restore it "
+            "from the pack or the official X-NeMo repository"
+        )
     try:
         model = tflite.read_model(data)
     except tflite.TFLiteFormatError as exc:
@@ -338,8 +383,12 @@ def make_warp(box: Letterbox, device: torch.device | str = "cpu") -> Warp:
         lo, frac = fixed >> 5, fixed & 31
         hi = lo + 1
         w = torch.stack([32 - frac, frac]) * torch.stack([(lo >= 0) & (lo < limit), (hi >= 0) & (hi < limit)])
-        return (lo.clamp(0, limit - 1).to(device), hi.clamp(0, limit - 1).to(device),
-                w.to(device=device, dtype=torch.int32), bool(w[1].any()))
+        return (
+            lo.clamp(0, limit - 1).to(device),
+            hi.clamp(0, limit - 1).to(device),
+            w.to(device=device, dtype=torch.int32),
+            bool(w[1].any()),
+        )
 
     x0, x1, wx, nx = axis(left, box.roi_w / size, box.width)
     y0, y1, wy, ny = axis(top, box.roi_h / size, box.height)
@@ -350,6 +399,7 @@ def model_input(frames: torch.Tensor, warp: Warp) -> torch.Tensor:
     """RGB frames [B, H, W, 3] (uint8, or ComfyUI's float 0..1, rounded to uint8 as decoded video is) -> the model
     input [B, 3, 128, 128] in [-1, 1], channels-last memory: the warp, OpenCV's rounding ((sum + 2^14) >> 15), then
     x * 2/255 - 1 as MediaPipe's convertTo. Only the sampled rows are ever converted."""
+
     def rows(index: torch.Tensor) -> torch.Tensor:
         picked = frames.index_select(1, index)
         if picked.dtype == torch.uint8:
@@ -379,8 +429,9 @@ class FaceDetection:
     keypoints: np.ndarray  # [6, 2] normalised (x, y) in the frame: eyes, nose tip, mouth, ear tragions
 
 
-def decode(raw: torch.Tensor, logits: torch.Tensor, anchors: torch.Tensor, min_score: float = MIN_SCORE
-           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def decode(
+    raw: torch.Tensor, logits: torch.Tensor, anchors: torch.Tensor, min_score: float = MIN_SCORE
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Raw regressions [B, 896, 16] + logits [B, 896] -> boxes (xmin, ymin, xmax, ymax) [B, 896, 4] and keypoints
     [B, 896, 6, 2] in the 128x128 tensor's normalised coordinates, scores [B, 896] (0 where below `min_score`)."""
     scale = float(INPUT_SIZE)
@@ -397,8 +448,9 @@ def decode(raw: torch.Tensor, logits: torch.Tensor, anchors: torch.Tensor, min_s
     return boxes, keypoints, torch.where(valid, scores, torch.zeros_like(scores))
 
 
-def weighted_nms(boxes: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, threshold: float = MIN_SUPPRESSION_IOU
-                 ) -> list[tuple[np.ndarray, np.ndarray, float]]:
+def weighted_nms(
+    boxes: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, threshold: float = MIN_SUPPRESSION_IOU
+) -> list[tuple[np.ndarray, np.ndarray, float]]:
     """MediaPipe's WEIGHTED non-maximum suppression over one frame's candidates (float32, best score first): each
     round takes the best remaining detection and replaces its box and keypoints by the score-weighted mean of every
     remaining detection overlapping it by IoU > threshold (itself included); those are removed."""
@@ -473,8 +525,14 @@ class BlazeFaceDetector:
     weighted NMS of each frame's few candidates on the CPU.
     """
 
-    def __init__(self, path: str | Path, device: torch.device | str = "cpu", batch_size: int = 32,
-                 min_score: float = MIN_SCORE, min_suppression: float = MIN_SUPPRESSION_IOU) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        device: torch.device | str = "cpu",
+        batch_size: int = 32,
+        min_score: float = MIN_SCORE,
+        min_suppression: float = MIN_SUPPRESSION_IOU,
+    ) -> None:
         self.device = torch.device(device)
         self.net = load_network(path).to(self.device)
         self.anchors = ssd_anchors().to(self.device)
@@ -491,21 +549,23 @@ class BlazeFaceDetector:
         return self._warps[lb]
 
     @torch.inference_mode()
-    def detect_frames(self, frames: torch.Tensor, regions: Sequence[Sequence[float] | None] | None = None
-                      ) -> list[list[FaceDetection]]:
-        """Faces in each frame of an RGB batch [F, H, W, 3] (uint8, or float 0..1), best score first. `regions` (optional, one per frame,
-        None = whole frame): look only in that box (x0, y0, x1, y1) of the frame, letterboxed to a square as
-        MediaPipe does for a region of interest; boxes still come back in frame pixels."""
+    def detect_frames(
+        self, frames: torch.Tensor, regions: Sequence[Sequence[float] | None] | None = None
+    ) -> list[list[FaceDetection]]:
+        """Faces in each frame of an RGB batch [F, H, W, 3] (uint8, or float 0..1), best score first. `regions`
+        (optional, one per frame, None = whole frame): look only in that box (x0, y0, x1, y1) of the frame,
+        letterboxed to a square as MediaPipe does for a region of interest; boxes still come back in frame pixels."""
         n, height, width = frames.shape[:3]
         out: list[list[FaceDetection]] = []
         for start in range(0, n, self.batch_size):
-            chunk = frames[start:start + self.batch_size].to(self.device)
-            lbs = [letterbox(width, height, None if regions is None else regions[start + i])
-                   for i in range(chunk.shape[0])]
+            chunk = frames[start : start + self.batch_size].to(self.device)
+            lbs = [
+                letterbox(width, height, None if regions is None else regions[start + i]) for i in range(chunk.shape[0])
+            ]
             if len(set(lbs)) == 1:
                 inputs = model_input(chunk, self._warp(lbs[0]))
             else:
-                inputs = torch.cat([model_input(chunk[i:i + 1], self._warp(lb)) for i, lb in enumerate(lbs)])
+                inputs = torch.cat([model_input(chunk[i : i + 1], self._warp(lb)) for i, lb in enumerate(lbs)])
             raw, logits = self.net(inputs)
             boxes, keypoints, scores = decode(raw.float(), logits.float(), self.anchors, self.min_score)
             keep = scores > 0
@@ -514,8 +574,9 @@ class BlazeFaceDetector:
             pos = 0
             for i, count in enumerate(counts):
                 faces = []
-                for box, kp, score in weighted_nms(sel_b[pos:pos + count], sel_k[pos:pos + count],
-                                                   sel_s[pos:pos + count], self.min_suppression):
+                for box, kp, score in weighted_nms(
+                    sel_b[pos : pos + count], sel_k[pos : pos + count], sel_s[pos : pos + count], self.min_suppression
+                ):
                     pbox, pkp = project(box, kp, lbs[i])
                     faces.append(FaceDetection(box=to_pixels(pbox, width, height), score=score, keypoints=pkp))
                 pos += count

@@ -18,8 +18,9 @@ logger = logging.getLogger("xnemo")
 _CHUNK = 16  # frames resized at once: bounds the memory of the up-scaled crops
 
 
-def paste_back(frames: torch.Tensor, crop: CropInfo, original: torch.Tensor, feather: float = 0.1,
-               color_match: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def paste_back(
+    frames: torch.Tensor, crop: CropInfo, original: torch.Tensor, feather: float = 0.1, color_match: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Put animated crops back where the reference crop came from.
 
     Args:
@@ -35,8 +36,10 @@ def paste_back(frames: torch.Tensor, crop: CropInfo, original: torch.Tensor, fea
         frame broadcast over F, read-only). Beyond the output, memory is bounded by one chunk of resized crops.
     """
     if frames.ndim != 4 or original.ndim != 4:
-        raise ValueError(f"frames and original must be IMAGE batches [n, h, w, c], got {tuple(frames.shape)} "
-                         f"and {tuple(original.shape)}")
+        raise ValueError(
+            f"frames and original must be IMAGE batches [n, h, w, c], got {tuple(frames.shape)} "
+            f"and {tuple(original.shape)}"
+        )
     count, channels = frames.shape[0], original.shape[-1]
     if original.shape[0] not in (1, count):
         raise ValueError(f"original has {original.shape[0]} frames; give one image or one per animated frame ({count})")
@@ -61,7 +64,7 @@ def paste_back(frames: torch.Tensor, crop: CropInfo, original: torch.Tensor, fea
     # 3. Colour transfer, one transform for the whole clip so it cannot flicker.
     transfer = None
     if color_match:
-        crops = (_resized(frames[i:i + _CHUNK], box_h, box_w)[:, by0:by1, bx0:bx1] for i in range(0, count, _CHUNK))
+        crops = (_resized(frames[i : i + _CHUNK], box_h, box_w)[:, by0:by1, bx0:bx1] for i in range(0, count, _CHUNK))
         src, dst = _stats(crops, weight), _stats([original[:, iy0:iy1, ix0:ix1].float()], weight)
         transfer = [tuple(t.to(original.device) for t in pair) for pair in (src, dst)]
 
@@ -73,11 +76,11 @@ def paste_back(frames: torch.Tensor, crop: CropInfo, original: torch.Tensor, fea
     mask = mask.expand(count, -1, -1)
     w = weight.unsqueeze(-1)
     for start in range(0, count, _CHUNK):
-        part = _resized(frames[start:start + _CHUNK], box_h, box_w)[:, by0:by1, bx0:bx1].to(original.device)
+        part = _resized(frames[start : start + _CHUNK], box_h, box_w)[:, by0:by1, bx0:bx1].to(original.device)
         if transfer is not None:
             (src_mean, src_std), (dst_mean, dst_std) = transfer
             part = ((part - src_mean) / src_std * dst_std + dst_mean).clamp(0, 1)
-        out[start:start + part.shape[0], iy0:iy1, ix0:ix1].lerp_(part, w)  # in place: exact at w = 0 and 1
+        out[start : start + part.shape[0], iy0:iy1, ix0:ix1].lerp_(part, w)  # in place: exact at w = 0 and 1
     return out, mask
 
 
@@ -88,11 +91,14 @@ def _box_for(crop: CropInfo, img_h: int, img_w: int) -> tuple[int, int, int, int
     if (src_h, src_w) == (img_h, img_w):
         return x0, y0, x1, y1
     if abs(src_w / src_h - img_w / img_h) > 0.01 * img_w / img_h:
-        raise ValueError(f"original is {img_w}x{img_h} but the crop was taken from a {src_w}x{src_h} image; connect "
-                         "the same image you gave to Reference Condition")
+        raise ValueError(
+            f"original is {img_w}x{img_h} but the crop was taken from a {src_w}x{src_h} image; connect "
+            "the same image you gave to Reference Condition"
+        )
     sx, sy = img_w / src_w, img_h / src_h
-    logger.info("X-NeMo paste back: original resized from %dx%d to %dx%d; scaling the crop box", src_w, src_h,
-                img_w, img_h)
+    logger.info(
+        "X-NeMo paste back: original resized from %dx%d to %dx%d; scaling the crop box", src_w, src_h, img_w, img_h
+    )
     return round(x0 * sx), round(y0 * sy), round(x1 * sx), round(y1 * sy)
 
 
@@ -101,8 +107,9 @@ def _resized(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
         return frames.float()
     nchw = frames.float().permute(0, 3, 1, 2)
     shrink = height * width < frames.shape[1] * frames.shape[2]
-    out = F.interpolate(nchw, size=(height, width), mode="bilinear" if shrink else "bicubic", align_corners=False,
-                        antialias=shrink)
+    out = F.interpolate(
+        nchw, size=(height, width), mode="bilinear" if shrink else "bicubic", align_corners=False, antialias=shrink
+    )
     return out.permute(0, 2, 3, 1).clamp(0, 1)
 
 

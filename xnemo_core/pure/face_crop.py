@@ -41,7 +41,7 @@ def gaussian_filter1d(values: np.ndarray, sigma: float, truncate: float = 4.0) -
     index = np.mod(np.arange(-radius, n + radius), 2 * n)
     index = np.where(index >= n, 2 * n - 1 - index, index)  # reflection repeats for clips shorter than the kernel
     padded = values[index]
-    return sum(w * padded[k:k + n] for k, w in enumerate(taps))
+    return sum(w * padded[k : k + n] for k, w in enumerate(taps))
 
 
 def box_centres(boxes: torch.Tensor) -> torch.Tensor:
@@ -124,8 +124,13 @@ class DrivingCrops:
         return ((self.crops + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
-def driving_crops(frames: torch.Tensor, track: FaceTrack, scale: float = DEFAULT_CROP_SCALE,
-                  sigma: float = DEFAULT_SMOOTHING_SIGMA, size: int = MOTION_INPUT_SIZE) -> DrivingCrops:
+def driving_crops(
+    frames: torch.Tensor,
+    track: FaceTrack,
+    scale: float = DEFAULT_CROP_SCALE,
+    sigma: float = DEFAULT_SMOOTHING_SIGMA,
+    size: int = MOTION_INPUT_SIZE,
+) -> DrivingCrops:
     """The official driving crops (scripts/pose2vid_xnemo.py main()), for any frame size.
 
     Frame 0's face box scaled by `scale` (square, or the raw box when the square leaves the frame) fixes the crop
@@ -151,10 +156,15 @@ def driving_crops(frames: torch.Tensor, track: FaceTrack, scale: float = DEFAULT
     crops = torch.empty(len(slices), size, size, 3, dtype=torch.uint8)
     for i, box in enumerate(slices):
         crops[i] = torch.from_numpy(lanczos_resize(_slice_u8(frames[i], box), size, size))
-    return DrivingCrops(crops=crops.permute(0, 3, 1, 2).float() / 255 * 2 - 1,
-                        crop_boxes=torch.tensor(slices, dtype=torch.float32),
-                        box_float=torch.tensor(box_float, dtype=torch.float64), length=length, frame0_box=first,
-                        centre_track=torch.from_numpy(smooth), raw_centres=torch.from_numpy(raw))
+    return DrivingCrops(
+        crops=crops.permute(0, 3, 1, 2).float() / 255 * 2 - 1,
+        crop_boxes=torch.tensor(slices, dtype=torch.float32),
+        box_float=torch.tensor(box_float, dtype=torch.float64),
+        length=length,
+        frame0_box=first,
+        centre_track=torch.from_numpy(smooth),
+        raw_centres=torch.from_numpy(raw),
+    )
 
 
 def to_u8(image: torch.Tensor) -> np.ndarray:
@@ -171,7 +181,7 @@ def _slice_u8(image: torch.Tensor | np.ndarray, box: Sequence[int]) -> np.ndarra
     out = np.zeros((max(y1 - y0, 1), max(x1 - x0, 1), 3), dtype=np.uint8)
     sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, src.shape[1]), min(y1, src.shape[0])
     if sx1 > sx0 and sy1 > sy0:
-        out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = src[sy0:sy1, sx0:sx1]
+        out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = src[sy0:sy1, sx0:sx1]
     return out
 
 
@@ -207,8 +217,12 @@ def _aspect_box(face_box: Sequence[float], increase: float) -> tuple[int, int, i
     width, height = max(right - left, 1e-6), max(bot - top, 1e-6)
     grow_w = max(increase, ((1 + 2 * increase) * height - width) / (2 * width))
     grow_h = max(increase, ((1 + 2 * increase) * width - height) / (2 * height))
-    return (int(left - grow_w * width), int(top - grow_h * height), int(right + grow_w * width),
-            int(bot + grow_h * height))
+    return (
+        int(left - grow_w * width),
+        int(top - grow_h * height),
+        int(right + grow_w * width),
+        int(bot + grow_h * height),
+    )
 
 
 def _out_of_frame(box: Sequence[int], size: tuple[int, int]) -> tuple[int, int, int, int, bool]:
@@ -259,8 +273,9 @@ class ReferenceCrop:
     pad: int
 
 
-def official_reference_crop(image_u8: np.ndarray, face_box: Sequence[float], size: int = 512,
-                            increase: float = 0.5) -> ReferenceCrop:
+def official_reference_crop(
+    image_u8: np.ndarray, face_box: Sequence[float], size: int = 512, increase: float = 0.5
+) -> ReferenceCrop:
     """The reference picture cut the official way: the ~2x aspect-preserved box around the face, shifted inside when
     it fits, else the picture padded black by the largest overshoot on all sides; resized to `size` x `size` the
     skimage way (`skimage_resize_u8`). Input: uint8 [H, W, 3]."""
@@ -278,8 +293,9 @@ def clip_input_crop(reference_pixels: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(reference_pixels).resize((224, 224), Image.BICUBIC))
 
 
-def reference_box(face_box: Sequence[float], image_size: tuple[int, int], height: int, width: int,
-                  increase: float = 0.5) -> tuple[int, int, int, int]:
+def reference_box(
+    face_box: Sequence[float], image_size: tuple[int, int], height: int, width: int, increase: float = 0.5
+) -> tuple[int, int, int, int]:
     """Reference box for a non-square output (departure: the official always crops a square and stretches it): the
     official ~2x box with its short side grown to the output's aspect, shifted inside per axis where it fits."""
     x0, y0, x1, y1 = _aspect_box(face_box, increase)
@@ -300,8 +316,9 @@ def reference_box(face_box: Sequence[float], image_size: tuple[int, int], height
     return x0, y0, x1, y1
 
 
-def reference_crop(image: torch.Tensor, face_box: Sequence[float], height: int, width: int,
-                   increase: float = 0.5) -> tuple[torch.Tensor, CropInfo]:
+def reference_crop(
+    image: torch.Tensor, face_box: Sequence[float], height: int, width: int, increase: float = 0.5
+) -> tuple[torch.Tensor, CropInfo]:
     """The reference crop fed to the VAE, ReferenceNet and CLIP: [height, width, 3] 0..1, plus where it came from.
 
     Square outputs are the official crop (`official_reference_crop`, 512 px), resized with Lanczos when another size
@@ -318,11 +335,13 @@ def reference_crop(image: torch.Tensor, face_box: Sequence[float], height: int, 
         box = reference_box(face_box, size, height, width, increase)
         crop = skimage_resize_u8(_slice_u8(pixels, box), height, width)
     return torch.from_numpy(np.ascontiguousarray(crop)).float() / 255, CropInfo(
-        box=box, image_size=size, crop_size=(height, width), face_box=tuple(float(v) for v in face_box[:4]))
+        box=box, image_size=size, crop_size=(height, width), face_box=tuple(float(v) for v in face_box[:4])
+    )
 
 
-def reference_motion_crop(image: torch.Tensor, face_box: Sequence[float], scale: float = DEFAULT_CROP_SCALE,
-                          size: int = 224) -> torch.Tensor:
+def reference_motion_crop(
+    image: torch.Tensor, face_box: Sequence[float], scale: float = DEFAULT_CROP_SCALE, size: int = 224
+) -> torch.Tensor:
     """The reference's own motion crop (the negative branch): [1, 3, size, size] in [-1, 1].
 
     Official: the `scale` x square about the face (`scale_box`), or the raw face box when that square leaves the
@@ -358,5 +377,3 @@ def compute_f_rts(boxes: torch.Tensor, ref_box: Sequence[float] | None, mode: st
     dy = ((b[:, 1] + b[:, 3]) - (ref[1] + ref[3])) / 2 / ref_len
     dx = ((b[:, 0] + b[:, 2]) - (ref[0] + ref[2])) / 2 / ref_len
     return torch.stack([dy, dx, length / ref_len], dim=1).float()
-
-

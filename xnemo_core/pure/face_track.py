@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -51,12 +52,15 @@ def opencv():
             f"detector 'haar' needs OpenCV, which ComfyUI's Python cannot import ({err}). Use detector 'blazeface' "
             "(the default, no OpenCV needed), or install one OpenCV 4.x build into ComfyUI's Python, e.g. "
             "`pip install opencv-python-headless`; if an OpenCV package (opencv-python, opencv-contrib-python, "
-            "...) is already listed by `pip list`, repair that one instead of adding a second") from None
+            "...) is already listed by `pip list`, repair that one instead of adding a second"
+        ) from None
     major = str(getattr(cv2, "__version__", "0")).split(".")[0]
     if major != "4" or not hasattr(cv2, "CascadeClassifier") or not hasattr(cv2, "data"):
-        raise XNeMoError(f"detector 'haar' needs an OpenCV 4.x build with its Haar cascade files (cv2.data); the "
-                         f"installed cv2 is {getattr(cv2, '__version__', 'of unknown version')} without them. Use "
-                         "detector 'blazeface', or install opencv-python-headless 4.x (replacing that cv2)")
+        raise XNeMoError(
+            f"detector 'haar' needs an OpenCV 4.x build with its Haar cascade files (cv2.data); the "
+            f"installed cv2 is {getattr(cv2, '__version__', 'of unknown version')} without them. Use "
+            "detector 'blazeface', or install opencv-python-headless 4.x (replacing that cv2)"
+        )
     return cv2
 
 
@@ -69,8 +73,16 @@ class HaarFaceDetector:
     The score is the cascade's neighbour count.
     """
 
-    def __init__(self, max_side: int = 512, min_face: int = 24, min_neighbors: int = 5, profile: bool = True,
-                 track_face_px: int = 96, scale_factor: float = 1.1, passes: int = 2) -> None:
+    def __init__(
+        self,
+        max_side: int = 512,
+        min_face: int = 24,
+        min_neighbors: int = 5,
+        profile: bool = True,
+        track_face_px: int = 96,
+        scale_factor: float = 1.1,
+        passes: int = 2,
+    ) -> None:
         self.max_side = max_side
         self.min_face = min_face
         self.min_neighbors = min_neighbors
@@ -95,8 +107,9 @@ class HaarFaceDetector:
         gray = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
         found: list[Detection] = []
         for k in range(self.passes):
-            found += self._pass(self._frontal, gray, scale * self.scale_factor ** (-k / self.passes), min_side,
-                                max_side)
+            found += self._pass(
+                self._frontal, gray, scale * self.scale_factor ** (-k / self.passes), min_side, max_side
+            )
         if not found and self._profile is not None:  # the profile cascade only knows one side: run it mirrored too
             found = self._pass(self._profile, gray, scale, min_side, max_side)
             found += self._pass(self._profile, gray, scale, min_side, max_side, mirrored=True)
@@ -115,8 +128,13 @@ class HaarFaceDetector:
         high = math.ceil(max_side * scale) if max_side is not None else 0
         if min(work.shape) < low or (high and high < low):
             return []
-        rects, counts = cascade.detectMultiScale2(work, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
-                                                  minSize=(low, low), maxSize=(high, high))
+        rects, counts = cascade.detectMultiScale2(
+            work,
+            scaleFactor=self.scale_factor,
+            minNeighbors=self.min_neighbors,
+            minSize=(low, low),
+            maxSize=(high, high),
+        )
         out = []
         for (x, y, w, h), n in zip(np.asarray(rects).reshape(-1, 4), np.asarray(counts).reshape(-1)):
             x0 = work.shape[1] - x - w if mirrored else x
@@ -134,8 +152,7 @@ def _merge_passes(dets: list[Detection]) -> list[Detection]:
                 break
         else:
             groups.append([d])
-    return [tuple(float(np.mean([d[k] for d in g])) for k in range(4)) + (float(sum(d[4] for d in g)),)
-            for g in groups]
+    return [tuple(float(np.mean([d[k] for d in g])) for k in range(4)) + (float(sum(d[4] for d in g)),) for g in groups]
 
 
 def _iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -148,8 +165,10 @@ def _load_cascade(name: str):
     path = cv2.data.haarcascades + name
     cascade = cv2.CascadeClassifier(path)
     if cascade.empty():
-        raise XNeMoError(f"could not load the OpenCV Haar cascade {path}; reinstall the OpenCV package that provides "
-                         "cv2 (4.x), or use detector 'blazeface'")
+        raise XNeMoError(
+            f"could not load the OpenCV Haar cascade {path}; reinstall the OpenCV package that provides "
+            "cv2 (4.x), or use detector 'blazeface'"
+        )
     return cascade
 
 
@@ -166,21 +185,23 @@ class BlazeFaceFaceDetector:
     Scores are BlazeFace's probabilities (0.5 to 1).
     """
 
-    def __init__(self, model_path: str | Path | None = None, device: torch.device | str = "cpu",
-                 batch_size: int = 32) -> None:
+    def __init__(
+        self, model_path: str | Path | None = None, device: torch.device | str = "cpu", batch_size: int = 32
+    ) -> None:
         self._blaze = blazeface.get_detector(model_path or blazeface.BUNDLED_MODEL, device)
         self.batch_size = batch_size
 
     def detect(self, image_rgb_u8: np.ndarray) -> list[Detection]:
         return self.detect_batch(torch.from_numpy(np.ascontiguousarray(image_rgb_u8))[None])[0]
 
-    def detect_batch(self, frames: torch.Tensor, progress: Callable[[int, int], None] | None = None
-                     ) -> list[list[Detection]]:
+    def detect_batch(
+        self, frames: torch.Tensor, progress: Callable[[int, int], None] | None = None
+    ) -> list[list[Detection]]:
         """Whole-frame detections of every frame of an IMAGE batch ([F, H, W, 3], 0..1 float or uint8)."""
         n = frames.shape[0]
         out: list[list[Detection]] = []
         for start in range(0, n, self.batch_size):
-            found = self._blaze.detect_frames(frames[start:start + self.batch_size])
+            found = self._blaze.detect_frames(frames[start : start + self.batch_size])
             out += [[_as_detection(d) for d in faces] for faces in found]
             if progress is not None:
                 progress(min(start + self.batch_size, n), n)
@@ -232,8 +253,9 @@ DETECTORS: dict[str, Callable[..., FaceDetector]] = {"blazeface": BlazeFaceFaceD
 DEFAULT_DETECTOR = "blazeface"
 
 
-def get_detector(name: str = DEFAULT_DETECTOR, device: torch.device | str = "cpu",
-                 model_path: str | Path | None = None) -> FaceDetector:
+def get_detector(
+    name: str = DEFAULT_DETECTOR, device: torch.device | str = "cpu", model_path: str | Path | None = None
+) -> FaceDetector:
     """A detector by name. BlazeFace runs on `device` and reads `model_path` (default: the file bundled in the pack's
     models/ folder); Haar runs on the CPU."""
     if name not in DETECTORS:
@@ -260,9 +282,14 @@ class FaceTrack:
         return torch.nonzero(~self.found).flatten().tolist()
 
 
-def track_face(frames: torch.Tensor, detector: FaceDetector | None = None, face_index: int = 0,
-               index_mode: str = "largest", missing: str = "interpolate",
-               progress: Callable[[int, int], None] | None = None) -> FaceTrack:
+def track_face(
+    frames: torch.Tensor,
+    detector: FaceDetector | None = None,
+    face_index: int = 0,
+    index_mode: str = "largest",
+    missing: str = "interpolate",
+    progress: Callable[[int, int], None] | None = None,
+) -> FaceTrack:
     """Detect and follow one face through `frames` ([F, H, W, 3], 0..1).
 
     The face is picked on the first frame showing more than `face_index` faces, sorted by `index_mode`; each other
@@ -305,10 +332,14 @@ def track_face(frames: torch.Tensor, detector: FaceDetector | None = None, face_
             break
     if start is None:
         if most == 0:
-            raise NoFaceError(f"no face was found in any of the {n} frames; use a clip where a face is clearly "
-                              "visible (frontal, at least ~30 px tall) or plug in another detector")
-        raise NoFaceError(f"face_index {face_index} asks for face #{face_index + 1} ({index_mode}), but no frame shows "
-                          f"more than {most} face(s); set face_index to {most - 1} or less")
+            raise NoFaceError(
+                f"no face was found in any of the {n} frames; use a clip where a face is clearly "
+                "visible (frontal, at least ~30 px tall) or plug in another detector"
+            )
+        raise NoFaceError(
+            f"face_index {face_index} asks for face #{face_index + 1} ({index_mode}), but no frame shows "
+            f"more than {most} face(s); set face_index to {most - 1} or less"
+        )
 
     # 2. Follow it forward, then backward from the start frame. Haar looks near the previous face first (cheaper),
     # a batched detector only where its whole-frame detections hold no match.
@@ -338,9 +369,11 @@ def track_face(frames: torch.Tensor, detector: FaceDetector | None = None, face_
     if not found.all():
         gaps = _ranges(np.flatnonzero(~found))
         if missing == "error":
-            raise NoFaceError(f"{(~found).sum()} of {n} frames have no face (frames {gaps}); set the missing-face "
-                              "policy to 'interpolate' or 'hold' to fill them from neighbouring frames, "
-                              "or trim the clip")
+            raise NoFaceError(
+                f"{(~found).sum()} of {n} frames have no face (frames {gaps}); set the missing-face "
+                "policy to 'interpolate' or 'hold' to fill them from neighbouring frames, "
+                "or trim the clip"
+            )
         logger.warning("X-NeMo: no face in %d of %d frames (%s); filled by %r", (~found).sum(), n, gaps, missing)
         boxes = _fill(boxes, found, missing)
     return FaceTrack(boxes=torch.from_numpy(boxes).float(), found=torch.from_numpy(found))
@@ -349,8 +382,10 @@ def track_face(frames: torch.Tensor, detector: FaceDetector | None = None, face_
 def as_rgb(images: torch.Tensor, name: str = "images") -> torch.Tensor:
     """IMAGE [F, H, W, C] with C = 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA) -> [F, H, W, 3]; alpha is dropped."""
     if images.ndim != 4 or images.shape[-1] not in (1, 2, 3, 4):
-        raise ValueError(f"{name} must be an IMAGE batch [frames, height, width, channels] with 1 to 4 channels, got "
-                         f"shape {tuple(images.shape)}: connect an image or video frames (Load Image, Load Video)")
+        raise ValueError(
+            f"{name} must be an IMAGE batch [frames, height, width, channels] with 1 to 4 channels, got "
+            f"shape {tuple(images.shape)}: connect an image or video frames (Load Image, Load Video)"
+        )
     if images.shape[-1] <= 2:
         return images[..., :1].expand(*images.shape[:-1], 3)
     return images[..., :3]
@@ -427,9 +462,13 @@ def _rectangle(image: np.ndarray, x0: int, y0: int, x1: int, y1: int, color, thi
     """Outline of the box with corners (x0, y0) and (x1, y1), lines `thick` px wide centred on the edges; clipped."""
     h, w = image.shape[:2]
     lo, hi = thick // 2, thick - thick // 2
-    for ya, yb, xa, xb in ((y0 - lo, y0 + hi, x0 - lo, x1 + hi), (y1 - lo, y1 + hi, x0 - lo, x1 + hi),
-                           (y0 - lo, y1 + hi, x0 - lo, x0 + hi), (y0 - lo, y1 + hi, x1 - lo, x1 + hi)):
-        image[max(ya, 0):min(yb, h), max(xa, 0):min(xb, w)] = color
+    for ya, yb, xa, xb in (
+        (y0 - lo, y0 + hi, x0 - lo, x1 + hi),
+        (y1 - lo, y1 + hi, x0 - lo, x1 + hi),
+        (y0 - lo, y1 + hi, x0 - lo, x0 + hi),
+        (y0 - lo, y1 + hi, x1 - lo, x1 + hi),
+    ):
+        image[max(ya, 0) : min(yb, h), max(xa, 0) : min(xb, w)] = color
 
 
 def draw_track(frames: torch.Tensor, track: FaceTrack, crop_boxes: torch.Tensor | None = None) -> torch.Tensor:

@@ -7,9 +7,13 @@ import torch
 from .errors import CheckpointError
 
 
-def check_keys(expected: dict[str, torch.Size], found: dict[str, torch.Tensor], name: str,
-               hint: str = "The file is from another model or another version: use the official X-NeMo files, all "
-                           "four from the same release.") -> None:
+def check_keys(
+    expected: dict[str, torch.Size],
+    found: dict[str, torch.Tensor],
+    name: str,
+    hint: str = "The file is from another model or another version: use the official X-NeMo files, all "
+    "four from the same release.",
+) -> None:
     """Strict key and shape check with a message naming every difference."""
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))

@@ -14,7 +14,7 @@ nothing here imports ComfyUI.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -75,8 +75,16 @@ class PositionalEncoding(nn.Module):
 class Attention(nn.Module):
     """Attention with the official parameter names (`to_q/to_k/to_v` without bias, `to_out.0` with bias)."""
 
-    def __init__(self, dim: int, heads: int, context_dim: int | None = None, position_len: int = 0,
-                 device=None, dtype=None, operations=nn):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        context_dim: int | None = None,
+        position_len: int = 0,
+        device=None,
+        dtype=None,
+        operations=nn,
+    ):
         super().__init__()
         self.heads = heads
         kv_dim = context_dim or dim
@@ -86,8 +94,9 @@ class Attention(nn.Module):
         self.to_out = nn.ModuleList([operations.Linear(dim, dim, device=device, dtype=dtype), nn.Identity()])
         self.pos_encoder = PositionalEncoding(dim, position_len) if position_len else None
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
-                attention: AttentionFn = sdpa_attention) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor | None = None, attention: AttentionFn = sdpa_attention
+    ) -> torch.Tensor:
         if self.pos_encoder is not None:
             x = self.pos_encoder(x)
         context = x if context is None else context
@@ -112,11 +121,13 @@ class FeedForward(nn.Module):
 
     def __init__(self, dim: int, hidden: int, device=None, dtype=None, operations=nn):
         super().__init__()
-        self.net = nn.ModuleList([
-            GEGLU(dim, hidden, device, dtype, operations),
-            nn.Identity(),
-            operations.Linear(hidden, dim, device=device, dtype=dtype),
-        ])
+        self.net = nn.ModuleList(
+            [
+                GEGLU(dim, hidden, device, dtype, operations),
+                nn.Identity(),
+                operations.Linear(hidden, dim, device=device, dtype=dtype),
+            ]
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net[2](self.net[0](x))
@@ -125,8 +136,9 @@ class FeedForward(nn.Module):
 class TransformerBlock(nn.Module):
     """Two pre-norm attentions, then a pre-norm feed-forward, each with a residual."""
 
-    def __init__(self, dim: int, heads: int, context_dim: int | None, position_len: int,
-                 device=None, dtype=None, operations=nn):
+    def __init__(
+        self, dim: int, heads: int, context_dim: int | None, position_len: int, device=None, dtype=None, operations=nn
+    ):
         super().__init__()
         kw = dict(device=device, dtype=dtype)
         self.attention_blocks = nn.ModuleList(
@@ -145,8 +157,16 @@ class TransformerBlock(nn.Module):
 class VanillaTransformer(nn.Module):
     """GroupNorm -> proj_in -> TransformerBlock -> proj_out, residual (the official `TemporalTransformer3DModel`)."""
 
-    def __init__(self, channels: int, heads: int = 8, context_dim: int | None = None, position_len: int = 0,
-                 device=None, dtype=None, operations=nn):
+    def __init__(
+        self,
+        channels: int,
+        heads: int = 8,
+        context_dim: int | None = None,
+        position_len: int = 0,
+        device=None,
+        dtype=None,
+        operations=nn,
+    ):
         super().__init__()
         kw = dict(device=device, dtype=dtype)
         self.norm = operations.GroupNorm(32, channels, eps=1e-6, affine=True, **kw)
@@ -165,19 +185,20 @@ class MotionCrossAttention(nn.Module):
 
     def __init__(self, channels: int, token_dim: int = 16, heads: int = 8, device=None, dtype=None, operations=nn):
         super().__init__()
-        self.temporal_transformer = VanillaTransformer(channels, heads, context_dim=token_dim, device=device,
-                                                       dtype=dtype, operations=operations)
+        self.temporal_transformer = VanillaTransformer(
+            channels, heads, context_dim=token_dim, device=device, dtype=dtype, operations=operations
+        )
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor, attention: AttentionFn = sdpa_attention) -> torch.Tensor:
         t = self.temporal_transformer
         rows, channels, height, width = x.shape
         h = t.norm(x)
-        h = h.permute(0, 2, 3, 1).reshape(rows, height * width, channels)       # [BF, HW, C]
+        h = h.permute(0, 2, 3, 1).reshape(rows, height * width, channels)  # [BF, HW, C]
         h = t.proj_in(h)
         for block in t.transformer_blocks:
             h = block(h, tokens.to(h.dtype), attention)
         h = t.proj_out(h)
-        h = h.reshape(rows, height, width, channels).permute(0, 3, 1, 2)        # [BF, C, H, W]
+        h = h.reshape(rows, height, width, channels).permute(0, 3, 1, 2)  # [BF, C, H, W]
         return h + x
 
 
@@ -189,8 +210,9 @@ class TemporalAttention(nn.Module):
 
     def __init__(self, channels: int, heads: int = 8, max_frames: int = 32, device=None, dtype=None, operations=nn):
         super().__init__()
-        self.temporal_transformer = VanillaTransformer(channels, heads, position_len=max_frames, device=device,
-                                                       dtype=dtype, operations=operations)
+        self.temporal_transformer = VanillaTransformer(
+            channels, heads, position_len=max_frames, device=device, dtype=dtype, operations=operations
+        )
 
     def forward(self, x: torch.Tensor, frames: int, attention: AttentionFn = sdpa_attention) -> torch.Tensor:
         t = self.temporal_transformer
@@ -198,7 +220,7 @@ class TemporalAttention(nn.Module):
         h = t.norm(x)
         h = h.permute(0, 2, 3, 1).reshape(rows, height * width, channels)
         h = t.proj_in(h)
-        h = rearrange(h, "(b f) d c -> (b d) f c", f=frames)                  # sequences over frames
+        h = rearrange(h, "(b f) d c -> (b d) f c", f=frames)  # sequences over frames
         for block in t.transformer_blocks:
             h = block(h, None, attention)
         h = rearrange(h, "(b d) f c -> (b f) d c", d=height * width)
@@ -210,25 +232,44 @@ class TemporalAttention(nn.Module):
 class XNeMoSite(nn.Module):
     """One of the 21 places X-NeMo adds layers: motion cross-attention, then temporal attention."""
 
-    def __init__(self, channels: int, token_dim: int = 16, heads: int = 8, max_frames: int = 32,
-                 device=None, dtype=None, operations=nn):
+    def __init__(
+        self,
+        channels: int,
+        token_dim: int = 16,
+        heads: int = 8,
+        max_frames: int = 32,
+        device=None,
+        dtype=None,
+        operations=nn,
+    ):
         super().__init__()
         kw = dict(device=device, dtype=dtype, operations=operations)
         self.motion = MotionCrossAttention(channels, token_dim, heads, **kw)
         self.temporal = TemporalAttention(channels, heads, max_frames, **kw)
 
-    def forward(self, x: torch.Tensor, tokens: torch.Tensor, frames: int,
-                attention: AttentionFn = sdpa_attention) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, tokens: torch.Tensor, frames: int, attention: AttentionFn = sdpa_attention
+    ) -> torch.Tensor:
         return self.temporal(self.motion(x, tokens, attention), frames, attention)
 
 
 class XNeMoSites(nn.Module):
     """All sites of one UNet, in diffusers order (down blocks, mid block, up blocks)."""
 
-    def __init__(self, channels: list[int], token_dim: int = 16, heads: int = 8, max_frames: int = 32,
-                 device=None, dtype=None, operations=nn):
+    def __init__(
+        self,
+        channels: list[int],
+        token_dim: int = 16,
+        heads: int = 8,
+        max_frames: int = 32,
+        device=None,
+        dtype=None,
+        operations=nn,
+    ):
         super().__init__()
         self.sites = nn.ModuleList(
-            [XNeMoSite(c, token_dim, heads, max_frames, device=device, dtype=dtype, operations=operations)
-             for c in channels]
+            [
+                XNeMoSite(c, token_dim, heads, max_frames, device=device, dtype=dtype, operations=operations)
+                for c in channels
+            ]
         )

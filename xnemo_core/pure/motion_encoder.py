@@ -7,7 +7,7 @@ Pure torch + einops. Parameter and buffer names follow the official checkpoint (
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,7 @@ AttentionFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 """(q, k, v), each [batch, heads, tokens, head_dim] -> [batch, heads, tokens, head_dim]."""
 
 OFFICIAL_ATTENTION_HEAD_DIM = 128  # official FAN attention blocks: 8 heads x 128 = 1024 wide
-SMALL_ATTENTION_HEAD_DIM = 16      # head width assumed for narrow test checkpoints (the tiny fixture: 2 x 16)
+SMALL_ATTENTION_HEAD_DIM = 16  # head width assumed for narrow test checkpoints (the tiny fixture: 2 x 16)
 
 
 def attention_heads_for_width(inner_dim: int) -> int:
@@ -73,8 +73,9 @@ class InferenceBatchNorm2d(nn.BatchNorm2d):
         def cast(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.to(device=x.device, dtype=x.dtype)
 
-        return F.batch_norm(x, cast(self.running_mean), cast(self.running_var), cast(self.weight), cast(self.bias),
-                            False, 0.0, self.eps)
+        return F.batch_norm(
+            x, cast(self.running_mean), cast(self.running_var), cast(self.weight), cast(self.bias), False, 0.0, self.eps
+        )
 
 
 class HierarchicalResidualBlock(nn.Module):
@@ -144,8 +145,9 @@ class PatchEmbedding(nn.Module):
     its usual per-module loading (any GPU without --highvram, and every partial load) the table stays where it was.
     """
 
-    def __init__(self, sample_size: int, patch_size: int, in_channels: int, dim: int,
-                 device=None, dtype=None, operations=nn):
+    def __init__(
+        self, sample_size: int, patch_size: int, in_channels: int, dim: int, device=None, dtype=None, operations=nn
+    ):
         super().__init__()
         self.proj = operations.Conv2d(in_channels, dim, patch_size, stride=patch_size, device=device, dtype=dtype)
         table = sincos_2d(dim, sample_size // patch_size).unsqueeze(0)  # [1, L, dim]
@@ -164,8 +166,9 @@ class SpatialSelfAttention(nn.Module):
     [N, L, dim] -> [N, L, dim].
     """
 
-    def __init__(self, dim: int, heads: int, head_dim: int, attention_fn: AttentionFn,
-                 device=None, dtype=None, operations=nn):
+    def __init__(
+        self, dim: int, heads: int, head_dim: int, attention_fn: AttentionFn, device=None, dtype=None, operations=nn
+    ):
         super().__init__()
         inner = heads * head_dim
         kw = dict(device=device, dtype=dtype)
@@ -177,8 +180,10 @@ class SpatialSelfAttention(nn.Module):
         self.to_out = nn.ModuleList([operations.Linear(inner, dim, **kw)])  # official index 1 is an inactive dropout
 
     def forward(self, x: Tensor) -> Tensor:
-        q, k, v = (rearrange(proj(x), "n l (h d) -> n h l d", h=self.heads)  # [N, heads, L, head_dim]
-                   for proj in (self.to_q, self.to_k, self.to_v))
+        q, k, v = (
+            rearrange(proj(x), "n l (h d) -> n h l d", h=self.heads)  # [N, heads, L, head_dim]
+            for proj in (self.to_q, self.to_k, self.to_v)
+        )
         out = self.attention_fn(q, k, v)  # softmax(q k^T / sqrt(head_dim)) v, [N, heads, L, head_dim]
         return self.to_out[0](rearrange(out, "n h l d -> n l (h d)"))
 
@@ -186,12 +191,22 @@ class SpatialSelfAttention(nn.Module):
 class SpatialTransformerLayer(nn.Module):
     """Pre-norm transformer layer: x + attn(LN(x)), then x + ff(LN(x)). [N, L, dim] -> [N, L, dim]."""
 
-    def __init__(self, dim: int, heads: int, head_dim: int, ff_hidden: int, attention_fn: AttentionFn,
-                 device=None, dtype=None, operations=nn):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        head_dim: int,
+        ff_hidden: int,
+        attention_fn: AttentionFn,
+        device=None,
+        dtype=None,
+        operations=nn,
+    ):
         super().__init__()
         kw = dict(device=device, dtype=dtype)
-        self.attention_blocks = nn.ModuleList([SpatialSelfAttention(dim, heads, head_dim, attention_fn, **kw,
-                                                                    operations=operations)])
+        self.attention_blocks = nn.ModuleList(
+            [SpatialSelfAttention(dim, heads, head_dim, attention_fn, **kw, operations=operations)]
+        )
         self.norms = nn.ModuleList([operations.LayerNorm(dim, **kw)])
         self.ff = FeedForward(dim, ff_hidden, device, dtype, operations)
         self.ff_norm = operations.LayerNorm(dim, **kw)
@@ -209,8 +224,19 @@ class SpatialAttentionBlock(nn.Module):
     split back into p x p pixels -> proj_out to the input channels -> residual. [N, C, S, S] -> [N, C, S, S].
     """
 
-    def __init__(self, in_channels: int, sample_size: int, patch_size: int, heads: int, head_dim: int,
-                 ff_hidden: int, attention_fn: AttentionFn, device=None, dtype=None, operations=nn):
+    def __init__(
+        self,
+        in_channels: int,
+        sample_size: int,
+        patch_size: int,
+        heads: int,
+        head_dim: int,
+        ff_hidden: int,
+        attention_fn: AttentionFn,
+        device=None,
+        dtype=None,
+        operations=nn,
+    ):
         super().__init__()
         dim = heads * head_dim
         if dim % (patch_size * patch_size):
@@ -219,9 +245,9 @@ class SpatialAttentionBlock(nn.Module):
         self.patch_size = patch_size
         self.norm = operations.GroupNorm(32, in_channels, eps=1e-6, affine=True, **kw)
         self.pos_embed = PatchEmbedding(sample_size, patch_size, in_channels, dim, device, dtype, operations)
-        self.transformer_blocks = nn.ModuleList([
-            SpatialTransformerLayer(dim, heads, head_dim, ff_hidden, attention_fn, device, dtype, operations)
-        ])
+        self.transformer_blocks = nn.ModuleList(
+            [SpatialTransformerLayer(dim, heads, head_dim, ff_hidden, attention_fn, device, dtype, operations)]
+        )
         self.proj_out = operations.Linear(dim // (patch_size * patch_size), in_channels, **kw)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -244,13 +270,24 @@ class FaceAlignmentNetwork(nn.Module):
     (28^2 map) -> ReLU -> fc 784 -> feature_dim. [N, 3, 224, 224] -> [N, feature_dim].
     """
 
-    def __init__(self, attention_heads: int, attention_head_dim: int, ff_hidden: int, hourglass_depth: int,
-                 feature_dim: int, attention_fn: AttentionFn, device=None, dtype=None, operations=nn):
+    def __init__(
+        self,
+        attention_heads: int,
+        attention_head_dim: int,
+        ff_hidden: int,
+        hourglass_depth: int,
+        feature_dim: int,
+        attention_fn: AttentionFn,
+        device=None,
+        dtype=None,
+        operations=nn,
+    ):
         super().__init__()
         kw = dict(device=device, dtype=dtype)
         block = dict(device=device, dtype=dtype, operations=operations)
-        attention = dict(heads=attention_heads, head_dim=attention_head_dim, ff_hidden=ff_hidden,
-                         attention_fn=attention_fn, **block)
+        attention = dict(
+            heads=attention_heads, head_dim=attention_head_dim, ff_hidden=ff_hidden, attention_fn=attention_fn, **block
+        )
         self.conv1 = operations.Conv2d(3, 64, 7, stride=2, padding=3, **kw)
         self.bn1 = InferenceBatchNorm2d(64, **kw)
         self.conv2 = HierarchicalResidualBlock(64, 128, **block)
@@ -271,7 +308,7 @@ class FaceAlignmentNetwork(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         # 1. Stem and first attention at 112x112.
         x = F.relu(self.bn1(self.conv1(x)))  # [N, 64, 112, 112]
-        x = self.att_1(self.conv2(x))        # [N, 128, 112, 112]
+        x = self.att_1(self.conv2(x))  # [N, 128, 112, 112]
         # 2. Down to 56x56, second attention.
         x = self.conv4(self.conv3(F.max_pool2d(x, 2)))  # [N, 256, 56, 56]
         x = self.att_2(x)
@@ -279,7 +316,7 @@ class FaceAlignmentNetwork(nn.Module):
         x = self.top_m_0(self.m0(x))
         x = self.att_3(self.bn_end0(self.conv_last0(x)))  # [N, 256, 56, 56]
         # 4. Landmark heatmaps -> one 28x28 map -> feature.
-        heatmaps = F.relu(self.bn5(self.l0(F.relu(x))))   # [N, 68, 56, 56]
+        heatmaps = F.relu(self.bn5(self.l0(F.relu(x))))  # [N, 68, 56, 56]
         flat = rearrange(self.conv6(heatmaps), "n c h w -> n (c h w)")  # [N, 784]
         return self.fc(F.relu(flat))
 
@@ -290,8 +327,16 @@ class _MotionFusionLayers(nn.Module):
     tokens = rearrange(final_proj(cat(face_feature, bbox_proj(f_rts))), "n (l c) -> n l c") + pe.
     """
 
-    def __init__(self, feature_dim: int, token_dim: int, bbox_dim: int, bbox_embed_dim: int,
-                 device=None, dtype=None, operations=nn):
+    def __init__(
+        self,
+        feature_dim: int,
+        token_dim: int,
+        bbox_dim: int,
+        bbox_embed_dim: int,
+        device=None,
+        dtype=None,
+        operations=nn,
+    ):
         super().__init__()
         if feature_dim % token_dim:
             raise ValueError(f"feature_dim {feature_dim} must divide by token_dim {token_dim}")
@@ -309,14 +354,20 @@ class _MotionFusionLayers(nn.Module):
         self.final_proj = operations.Linear(feature_dim + bbox_embed_dim, feature_dim, **kw)
 
     def fusion_sizes(self) -> dict[str, int]:
-        return dict(feature_dim=self.feature_dim, token_dim=self.token_dim, bbox_dim=self.bbox_dim,
-                    bbox_embed_dim=self.bbox_embed_dim)
+        return dict(
+            feature_dim=self.feature_dim,
+            token_dim=self.token_dim,
+            bbox_dim=self.bbox_dim,
+            bbox_embed_dim=self.bbox_embed_dim,
+        )
 
     def fuse(self, face_features: Tensor, f_rts: Tensor) -> Tensor:
         """face_features [N, feature_dim], f_rts [N, bbox_dim] = (dy, dx, scale) -> tokens [N, tokens, token_dim]."""
         if face_features.ndim != 2 or f_rts.ndim != 2 or face_features.shape[0] != f_rts.shape[0]:
-            raise ValueError(f"fuse expects face_features [N, {self.feature_dim}] and f_rts [N, {self.bbox_dim}], "
-                             f"got {tuple(face_features.shape)} and {tuple(f_rts.shape)}")
+            raise ValueError(
+                f"fuse expects face_features [N, {self.feature_dim}] and f_rts [N, {self.bbox_dim}], "
+                f"got {tuple(face_features.shape)} and {tuple(f_rts.shape)}"
+            )
         box = self.bbox_proj(f_rts)  # [N, bbox_embed_dim]
         fused = self.final_proj(torch.cat([face_features, box], dim=1))  # [N, feature_dim]
         tokens = rearrange(fused, "n (l c) -> n l c", c=self.token_dim)  # [N, tokens, token_dim]
@@ -347,22 +398,46 @@ class MotionEncoder(_MotionFusionLayers):
     when the weights are cast, and are cast to the activation dtype where used.
     """
 
-    def __init__(self, attention_heads: int = 8, attention_head_dim: int = OFFICIAL_ATTENTION_HEAD_DIM,
-                 ff_mult: int = 4, hourglass_depth: int = 4, feature_dim: int = FACE_FEATURE_DIM,
-                 token_dim: int = MOTION_TOKEN_DIM, bbox_dim: int = 3, bbox_embed_dim: int = 64,
-                 attention_fn: AttentionFn | None = None, device=None, dtype=None, operations=nn):
+    def __init__(
+        self,
+        attention_heads: int = 8,
+        attention_head_dim: int = OFFICIAL_ATTENTION_HEAD_DIM,
+        ff_mult: int = 4,
+        hourglass_depth: int = 4,
+        feature_dim: int = FACE_FEATURE_DIM,
+        token_dim: int = MOTION_TOKEN_DIM,
+        bbox_dim: int = 3,
+        bbox_embed_dim: int = 64,
+        attention_fn: AttentionFn | None = None,
+        device=None,
+        dtype=None,
+        operations=nn,
+    ):
         super().__init__(feature_dim, token_dim, bbox_dim, bbox_embed_dim, device, dtype, operations)
         self.attention_heads, self.attention_head_dim = attention_heads, attention_head_dim
         self.ff_mult, self.hourglass_depth = ff_mult, hourglass_depth
         self.model = FaceAlignmentNetwork(
-            attention_heads, attention_head_dim, ff_mult * attention_heads * attention_head_dim, hourglass_depth,
-            feature_dim, attention_fn or F.scaled_dot_product_attention, device, dtype, operations,
+            attention_heads,
+            attention_head_dim,
+            ff_mult * attention_heads * attention_head_dim,
+            hourglass_depth,
+            feature_dim,
+            attention_fn or F.scaled_dot_product_attention,
+            device,
+            dtype,
+            operations,
         )
 
     @classmethod
-    def from_state_dict(cls, sd: dict[str, Tensor], dtype: torch.dtype | None = None, device=None,
-                        operations=nn, attention_heads: int | None = None,
-                        attention_fn: AttentionFn | None = None) -> MotionEncoder:
+    def from_state_dict(
+        cls,
+        sd: dict[str, Tensor],
+        dtype: torch.dtype | None = None,
+        device=None,
+        operations=nn,
+        attention_heads: int | None = None,
+        attention_fn: AttentionFn | None = None,
+    ) -> MotionEncoder:
         """Build from an official motion-encoder state dict, reading every size from the tensors.
 
         The head count is `attention_heads` or, if None, `attention_heads_for_width(width)`. Loads strictly, each
@@ -376,8 +451,14 @@ class MotionEncoder(_MotionFusionLayers):
         heads = attention_heads or attention_heads_for_width(width)
         if width % heads:
             raise CheckpointError(f"motion encoder attention width {width} does not split into {heads} heads")
-        module = cls(attention_heads=heads, attention_head_dim=width // heads, attention_fn=attention_fn,
-                     device="meta", operations=operations, **sizes)
+        module = cls(
+            attention_heads=heads,
+            attention_head_dim=width // heads,
+            attention_fn=attention_fn,
+            device="meta",
+            operations=operations,
+            **sizes,
+        )
         _check_state_dict(module, sd)
         declared = module.state_dict()
 
@@ -394,8 +475,10 @@ class MotionEncoder(_MotionFusionLayers):
         """crops [N, 3, 224, 224] in [-1, 1] -> raw face motion features [N, 512] (official encode_facemot)."""
         expected = (3, MOTION_INPUT_SIZE, MOTION_INPUT_SIZE)
         if crops.ndim != 4 or tuple(crops.shape[1:]) != expected:
-            raise ValueError(f"motion encoder expects face crops [N, {', '.join(map(str, expected))}], "
-                             f"got {tuple(crops.shape)}; flatten video frames into N first")
+            raise ValueError(
+                f"motion encoder expects face crops [N, {', '.join(map(str, expected))}], "
+                f"got {tuple(crops.shape)}; flatten video frames into N first"
+            )
         return self.model(crops)
 
     def forward(self, crops: Tensor, f_rts: Tensor) -> Tensor:
@@ -405,8 +488,11 @@ class MotionEncoder(_MotionFusionLayers):
     def fusion_head(self) -> MotionFusion:
         """An fp32 CPU deep copy of the fusion head (plain torch.nn layers), independent of this module."""
         head = MotionFusion(**self.fusion_sizes())
-        own = {k: v.detach().to("cpu", torch.float32).clone() for k, v in self.state_dict().items()
-               if k.split(".")[0] in ("pe", "bbox_proj", "final_proj")}
+        own = {
+            k: v.detach().to("cpu", torch.float32).clone()
+            for k, v in self.state_dict().items()
+            if k.split(".")[0] in ("pe", "bbox_proj", "final_proj")
+        }
         head.load_state_dict(own, strict=True)
         return head.eval().requires_grad_(False)
 
@@ -437,11 +523,20 @@ def _read_sizes(sd: dict[str, Tensor]) -> dict[str, int]:
 
 
 def _check_state_dict(module: nn.Module, sd: dict[str, Tensor]) -> None:
-    check_keys({k: v.shape for k, v in module.state_dict().items()}, sd, "motion encoder checkpoint",
-               "Use the released xnemo_motion_encoder.pth, unmodified.")
+    check_keys(
+        {k: v.shape for k, v in module.state_dict().items()},
+        sd,
+        "motion encoder checkpoint",
+        "Use the released xnemo_motion_encoder.pth, unmodified.",
+    )
 
 
 __all__ = [
-    "AttentionFn", "MotionEncoder", "MotionFusion", "FaceAlignmentNetwork", "attention_heads_for_width",
-    "sincos_1d", "sincos_2d",
+    "AttentionFn",
+    "MotionEncoder",
+    "MotionFusion",
+    "FaceAlignmentNetwork",
+    "attention_heads_for_width",
+    "sincos_1d",
+    "sincos_2d",
 ]

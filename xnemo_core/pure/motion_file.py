@@ -43,20 +43,27 @@ def _optional_float(value: str, name: str, path: str) -> float | None:
     try:
         return float(value)
     except ValueError:
-        raise MotionFileError(f"{os.path.basename(path)}: its {name} entry {value!r} is not a number; the file is "
-                              "damaged, save the motion again with X-NeMo Save Motion") from None
+        raise MotionFileError(
+            f"{os.path.basename(path)}: its {name} entry {value!r} is not a number; the file is "
+            "damaged, save the motion again with X-NeMo Save Motion"
+        ) from None
 
 
 def save_motion(motion: MotionSequence, path: str) -> None:
     """Write `motion` to `path` (a new .safetensors file)."""
     tensors = {name: getattr(motion, name).contiguous() for name in _FIELDS if getattr(motion, name) is not None}
-    metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
-                "fps": "" if motion.fps is None else repr(float(motion.fps)),
-                "crop_scale": "" if motion.crop_scale is None else repr(float(motion.crop_scale))}
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "fps": "" if motion.fps is None else repr(float(motion.fps)),
+        "crop_scale": "" if motion.crop_scale is None else repr(float(motion.crop_scale)),
+    }
     if motion.fusion is not None:
         if not hasattr(motion.fusion, "fusion_sizes"):
-            raise MotionFileError(f"the motion's fusion head ({type(motion.fusion).__name__}) cannot be saved; encode "
-                                  "the motion with X-NeMo Encode Motion")
+            raise MotionFileError(
+                f"the motion's fusion head ({type(motion.fusion).__name__}) cannot be saved; encode "
+                "the motion with X-NeMo Encode Motion"
+            )
         metadata["fusion_sizes"] = json.dumps(motion.fusion.fusion_sizes(), sort_keys=True)
         tensors.update({FUSION_PREFIX + k: v.detach().contiguous() for k, v in motion.fusion.state_dict().items()})
     save_file(tensors, path, metadata=metadata)
@@ -86,37 +93,47 @@ def load_motion(path: str) -> MotionSequence:
     name = os.path.basename(path)
     meta = read_header(path)
     if meta.get("format") != FORMAT:
-        raise MotionFileError(f"{name} is not an X-NeMo motion file (its header has no 'format: {FORMAT}'); pick a "
-                              "file written by X-NeMo Save Motion")
+        raise MotionFileError(
+            f"{name} is not an X-NeMo motion file (its header has no 'format: {FORMAT}'); pick a "
+            "file written by X-NeMo Save Motion"
+        )
     version = meta.get("format_version", "")
     if version != str(FORMAT_VERSION):
-        raise MotionFileError(f"{name} is an X-NeMo motion of format version {version or '(none)'}, but this version "
-                              f"of the pack reads version {FORMAT_VERSION}; re-encode the driving video and save it "
-                              "again, or use the pack version that wrote it")
+        raise MotionFileError(
+            f"{name} is an X-NeMo motion of format version {version or '(none)'}, but this version "
+            f"of the pack reads version {FORMAT_VERSION}; re-encode the driving video and save it "
+            "again, or use the pack version that wrote it"
+        )
     try:
         tensors = load_file(path)
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise MotionFileError(f"{name} is damaged and cannot be read ({err}); save the motion again with X-NeMo "
-                              "Save Motion") from None
+        raise MotionFileError(
+            f"{name} is damaged and cannot be read ({err}); save the motion again with X-NeMo Save Motion"
+        ) from None
     missing = [k for k in _REQUIRED if k not in tensors]
     if missing:
         raise MotionFileError(f"{name} lacks {', '.join(missing)}; the file is damaged, save the motion again")
 
     fusion = None
-    fusion_state = {k[len(FUSION_PREFIX):]: v for k, v in tensors.items() if k.startswith(FUSION_PREFIX)}
+    fusion_state = {k[len(FUSION_PREFIX) :]: v for k, v in tensors.items() if k.startswith(FUSION_PREFIX)}
     if fusion_state:
         try:
             fusion = MotionFusion(**json.loads(meta.get("fusion_sizes", "")))
             fusion.load_state_dict(fusion_state, strict=True)
         except (ValueError, TypeError, RuntimeError) as err:
-            raise MotionFileError(f"{name}: its fusion head does not load ({err}); the file is damaged, save the "
-                                  "motion again") from None
+            raise MotionFileError(
+                f"{name}: its fusion head does not load ({err}); the file is damaged, save the motion again"
+            ) from None
         fusion = fusion.eval().requires_grad_(False)
     fields = {k: tensors.get(k) for k in _FIELDS}
     if fields["face_found"] is not None:
         fields["face_found"] = fields["face_found"].to(torch.bool)
     try:
-        return MotionSequence(**fields, fusion=fusion, fps=_optional_float(meta.get("fps", ""), "fps", path),
-                              crop_scale=_optional_float(meta.get("crop_scale", ""), "crop_scale", path))
+        return MotionSequence(
+            **fields,
+            fusion=fusion,
+            fps=_optional_float(meta.get("fps", ""), "fps", path),
+            crop_scale=_optional_float(meta.get("crop_scale", ""), "crop_scale", path),
+        )
     except ValueError as err:
         raise MotionFileError(f"{name}: {err}; the file is damaged, save the motion again") from None

@@ -171,7 +171,8 @@ def fuse(fusion: torch.nn.Module, face_features: torch.Tensor, f_rts: torch.Tens
     if tuple(tokens.shape) != (face_features.shape[0], *like.shape[1:]):
         raise ValueError(
             f"the motion fusion head returned tokens of shape {tuple(tokens.shape)}, expected "
-            f"{(face_features.shape[0], *like.shape[1:])}; re-encode the motion with Encode Motion from the same X-NeMo model"
+            f"{(face_features.shape[0], *like.shape[1:])}; re-encode the motion with Encode Motion from the same "
+            f"X-NeMo model"
         )
     return tokens.to(like.device, like.dtype)
 
@@ -244,7 +245,13 @@ def _resample(
         fa, fb = a.face_found[ia].bool(), b.face_found[ib].bool()
         face_found = torch.where(at_a, fa, torch.where(at_b, fb, fa & fb))
     return MotionSequence(
-        tokens=tokens, face_features=feats, f_rts=f_rts, fusion=fusion, boxes=boxes, face_found=face_found, fps=fps,
+        tokens=tokens,
+        face_features=feats,
+        f_rts=f_rts,
+        fusion=fusion,
+        boxes=boxes,
+        face_found=face_found,
+        fps=fps,
         crop_scale=a.crop_scale if a.crop_scale == b.crop_scale else None,
     )
 
@@ -319,9 +326,7 @@ def keyframes(
     ia.append(keys[-1])
     ib.append(keys[-1])
     w.append(torch.zeros(1, dtype=torch.float64))
-    return _resample(
-        motion, torch.tensor(ia), motion, torch.tensor(ib), torch.cat(w), method, fusion, motion.fps
-    )
+    return _resample(motion, torch.tensor(ia), motion, torch.tensor(ib), torch.cat(w), method, fusion, motion.fps)
 
 
 def retime(
@@ -386,8 +391,9 @@ def parse_indices(text: str) -> list[int]:
 # motion strength
 
 
-def toward_own_motion(driving: MotionSequence, own: MotionSequence, strength: float, head_strength: float,
-                      method: str = "slerp") -> MotionSequence:
+def toward_own_motion(
+    driving: MotionSequence, own: MotionSequence, strength: float, head_strength: float, method: str = "slerp"
+) -> MotionSequence:
     """Blend the driving motion towards the portrait's own motion ("motion strength").
 
     `own` is the portrait's own motion, one frame: its 512-d face feature, the neutral box parameter [0, 0, 1] (the
@@ -408,8 +414,10 @@ def toward_own_motion(driving: MotionSequence, own: MotionSequence, strength: fl
     _check_compatible(driving, own)
     for name, value in (("motion strength", strength), ("head motion strength", head_strength)):
         if not 0.0 <= value <= MAX_STRENGTH:  # also refuses NaN
-            raise ValueError(f"{name} is {value}: use 0 (the portrait's own) to 1 (the driving video), up to "
-                             f"{MAX_STRENGTH:g} to exaggerate")
+            raise ValueError(
+                f"{name} is {value}: use 0 (the portrait's own) to 1 (the driving video), up to "
+                f"{MAX_STRENGTH:g} to exaggerate"
+            )
     frames = driving.frames
     own_feats = own.face_features.to(driving.face_features.dtype).expand(frames, -1)
     own_rts = own.f_rts.to(driving.f_rts.dtype).expand(frames, -1)

@@ -48,7 +48,7 @@ class MotionSequence:
     def frames(self) -> int:
         return int(self.tokens.shape[0])
 
-    def with_(self, **changes) -> "MotionSequence":
+    def with_(self, **changes) -> MotionSequence:
         """A new sequence with some fields replaced (never mutate one a node received)."""
         return replace(self, **changes)
 

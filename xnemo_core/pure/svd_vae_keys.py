@@ -92,16 +92,24 @@ def diffusers_to_comfy(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             value = value.reshape(*value.shape, 1, 1)  # diffusers Linear q/k/v/out -> Stability 1x1 Conv2d
         out[new] = value
     if unknown:
-        raise SVDVaeKeyError(f"not a diffusers Stable Video Diffusion VAE: {len(unknown)} unknown keys, e.g. "
-                             f"{', '.join(unknown[:5])}")
+        raise SVDVaeKeyError(
+            f"not a diffusers Stable Video Diffusion VAE: {len(unknown)} unknown keys, e.g. {', '.join(unknown[:5])}"
+        )
     if "quant_conv.weight" in sd:
-        out.update(fold_quant_conv(sd["encoder.conv_out.weight"], sd["encoder.conv_out.bias"],
-                                   sd["quant_conv.weight"], sd["quant_conv.bias"]))
+        out.update(
+            fold_quant_conv(
+                sd["encoder.conv_out.weight"],
+                sd["encoder.conv_out.bias"],
+                sd["quant_conv.weight"],
+                sd["quant_conv.bias"],
+            )
+        )
     return out
 
 
-def fold_quant_conv(conv_w: torch.Tensor, conv_b: torch.Tensor, quant_w: torch.Tensor,
-                    quant_b: torch.Tensor) -> dict[str, torch.Tensor]:
+def fold_quant_conv(
+    conv_w: torch.Tensor, conv_b: torch.Tensor, quant_w: torch.Tensor, quant_b: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """encoder.conv_out followed by the 1x1 quant_conv, as one convolution (ComfyUI's SVD encoder has no quant_conv).
 
     An identity quant_conv leaves conv_out untouched (same tensors, same dtype). Otherwise the product is computed in
@@ -120,4 +128,4 @@ def strip_checkpoint_prefix(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     """The VAE part of a whole SVD checkpoint (`first_stage_model.*`), or the dict unchanged if it has none."""
     if not any(k.startswith(CHECKPOINT_PREFIX) for k in sd):
         return sd
-    return {k[len(CHECKPOINT_PREFIX):]: v for k, v in sd.items() if k.startswith(CHECKPOINT_PREFIX)}
+    return {k[len(CHECKPOINT_PREFIX) :]: v for k, v in sd.items() if k.startswith(CHECKPOINT_PREFIX)}

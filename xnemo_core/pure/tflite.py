@@ -15,24 +15,76 @@ from dataclasses import dataclass, field
 import numpy as np
 
 # TensorType -> numpy dtype (schema.fbs enum TensorType).
-TENSOR_TYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 6: np.bool_, 7: np.int16,
-                9: np.int8}
+TENSOR_TYPES = {
+    0: np.float32,
+    1: np.float16,
+    2: np.int32,
+    3: np.uint8,
+    4: np.int64,
+    6: np.bool_,
+    7: np.int16,
+    9: np.int8,
+}
 
 # BuiltinOperator codes used by small vision models (schema.fbs enum BuiltinOperator).
-BUILTIN_NAMES = {0: "ADD", 1: "AVERAGE_POOL_2D", 2: "CONCATENATION", 3: "CONV_2D", 4: "DEPTHWISE_CONV_2D",
-                 6: "DEQUANTIZE", 9: "FULLY_CONNECTED", 14: "LOGISTIC", 17: "MAX_POOL_2D", 18: "MUL", 19: "RELU",
-                 21: "RELU6", 22: "RESHAPE", 25: "SOFTMAX", 34: "PAD", 39: "TRANSPOSE", 54: "PRELU", 60: "PADV2",
-                 32: "CUSTOM"}
+BUILTIN_NAMES = {
+    0: "ADD",
+    1: "AVERAGE_POOL_2D",
+    2: "CONCATENATION",
+    3: "CONV_2D",
+    4: "DEPTHWISE_CONV_2D",
+    6: "DEQUANTIZE",
+    9: "FULLY_CONNECTED",
+    14: "LOGISTIC",
+    17: "MAX_POOL_2D",
+    18: "MUL",
+    19: "RELU",
+    21: "RELU6",
+    22: "RESHAPE",
+    25: "SOFTMAX",
+    34: "PAD",
+    39: "TRANSPOSE",
+    54: "PRELU",
+    60: "PADV2",
+    32: "CUSTOM",
+}
 
 # Per builtin option table: field names in schema order (union BuiltinOptions member index -> table layout).
 _OPTION_FIELDS = {
-    1: ("Conv2DOptions", (("padding", "b"), ("stride_w", "i"), ("stride_h", "i"), ("fused_activation_function", "b"),
-                          ("dilation_w_factor", "i", 1), ("dilation_h_factor", "i", 1))),
-    2: ("DepthwiseConv2DOptions", (("padding", "b"), ("stride_w", "i"), ("stride_h", "i"), ("depth_multiplier", "i"),
-                                   ("fused_activation_function", "b"), ("dilation_w_factor", "i", 1),
-                                   ("dilation_h_factor", "i", 1))),
-    5: ("Pool2DOptions", (("padding", "b"), ("stride_w", "i"), ("stride_h", "i"), ("filter_width", "i"),
-                          ("filter_height", "i"), ("fused_activation_function", "b"))),
+    1: (
+        "Conv2DOptions",
+        (
+            ("padding", "b"),
+            ("stride_w", "i"),
+            ("stride_h", "i"),
+            ("fused_activation_function", "b"),
+            ("dilation_w_factor", "i", 1),
+            ("dilation_h_factor", "i", 1),
+        ),
+    ),
+    2: (
+        "DepthwiseConv2DOptions",
+        (
+            ("padding", "b"),
+            ("stride_w", "i"),
+            ("stride_h", "i"),
+            ("depth_multiplier", "i"),
+            ("fused_activation_function", "b"),
+            ("dilation_w_factor", "i", 1),
+            ("dilation_h_factor", "i", 1),
+        ),
+    ),
+    5: (
+        "Pool2DOptions",
+        (
+            ("padding", "b"),
+            ("stride_w", "i"),
+            ("stride_h", "i"),
+            ("filter_width", "i"),
+            ("filter_height", "i"),
+            ("fused_activation_function", "b"),
+        ),
+    ),
     10: ("ConcatenationOptions", (("axis", "i"), ("fused_activation_function", "b"))),
     11: ("AddOptions", (("fused_activation_function", "b"),)),
     17: ("ReshapeOptions", ()),  # new_shape is a vector; the shape tensor/output shape say the same
@@ -87,7 +139,7 @@ class _Table:
             return ""
         n = _u32(self.buf, target)
         _check(self.buf, target + 4, n)
-        return self.buf[target + 4:target + 4 + n].decode("utf-8", "replace")
+        return self.buf[target + 4 : target + 4 + n].decode("utf-8", "replace")
 
     def vector(self, index: int, fmt: str) -> tuple:
         """Vector of scalars (struct format character)."""
@@ -104,7 +156,7 @@ class _Table:
             return memoryview(b"")
         n = _u32(self.buf, target)
         _check(self.buf, target + 4, n)
-        return memoryview(self.buf)[target + 4:target + 4 + n]
+        return memoryview(self.buf)[target + 4 : target + 4 + n]
 
     def tables(self, index: int) -> list[_Table]:
         """Vector of tables: each element is an offset relative to its own position."""
@@ -177,8 +229,7 @@ def read_model(data: bytes) -> Model:
     codes = []
     for code in model.tables(1):  # OperatorCode: deprecated_builtin_code:byte (0), custom_code (1), builtin_code (3)
         builtin = max(code.scalar(0, "b", 0), code.scalar(3, "i", 0))
-        codes.append(BUILTIN_NAMES.get(builtin, f"BUILTIN_{builtin}") if builtin != 32 else
-                     "CUSTOM:" + code.string(1))
+        codes.append(BUILTIN_NAMES.get(builtin, f"BUILTIN_{builtin}") if builtin != 32 else "CUSTOM:" + code.string(1))
     buffers = model.tables(4)
     subgraphs = model.tables(2)
     if not subgraphs:
@@ -201,8 +252,10 @@ def read_model(data: bytes) -> Model:
             if len(raw):
                 count = int(np.prod(shape)) if shape else 1
                 if len(raw) != count * np.dtype(dtype).itemsize:
-                    raise TFLiteFormatError(f"tensor {i} ({t.string(3)}): buffer has {len(raw)} bytes, shape "
-                                            f"{shape} of {np.dtype(dtype).name} needs {count * np.dtype(dtype).itemsize}")
+                    raise TFLiteFormatError(
+                        f"tensor {i} ({t.string(3)}): buffer has {len(raw)} bytes, shape "
+                        f"{shape} of {np.dtype(dtype).name} needs {count * np.dtype(dtype).itemsize}"
+                    )
                 array = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"), count=count).reshape(shape)
         quant = {}
         q = t.table(4)
@@ -223,16 +276,24 @@ def read_model(data: bytes) -> Model:
         if kind in _OPTION_FIELDS and table is not None:
             for k, spec in enumerate(_OPTION_FIELDS[kind][1]):
                 options[spec[0]] = table.scalar(k, spec[1], spec[2] if len(spec) > 2 else 0)
-        operators.append(Operator(op=codes[index], inputs=tuple(o.vector(1, "i")), outputs=tuple(o.vector(2, "i")),
-                                  options=options))
+        operators.append(
+            Operator(op=codes[index], inputs=tuple(o.vector(1, "i")), outputs=tuple(o.vector(2, "i")), options=options)
+        )
 
     metadata = {}
     for m in model.tables(6):  # Metadata: name (0), buffer (1)
         b = m.scalar(1, "I", 0)
         if b < len(buffers):
             metadata[m.string(0)] = bytes(_buffer_bytes(data, buffers[b]))
-    return Model(version=model.scalar(0, "I", 0), description=model.string(3), tensors=tensors, operators=operators,
-                 inputs=tuple(graph.vector(1, "i")), outputs=tuple(graph.vector(2, "i")), metadata=metadata)
+    return Model(
+        version=model.scalar(0, "I", 0),
+        description=model.string(3),
+        tensors=tensors,
+        operators=operators,
+        inputs=tuple(graph.vector(1, "i")),
+        outputs=tuple(graph.vector(2, "i")),
+        metadata=metadata,
+    )
 
 
 def _buffer_bytes(data: bytes, buffer: _Table) -> memoryview:
@@ -240,7 +301,7 @@ def _buffer_bytes(data: bytes, buffer: _Table) -> memoryview:
     offset, size = buffer.scalar(1, "Q", 0), buffer.scalar(2, "Q", 0)
     if offset > 1:
         _check(data, offset, size)
-        return memoryview(data)[offset:offset + size]
+        return memoryview(data)[offset : offset + size]
     return buffer.bytes_vector(0)
 
 

@@ -11,7 +11,9 @@ import torch
 OFFSET_MODES = ("seeded", "none")
 
 
-def context_windows(frames: int, length: int, overlap: int, offset: int = 0, closed_loop: bool = True) -> list[list[int]]:
+def context_windows(
+    frames: int, length: int, overlap: int, offset: int = 0, closed_loop: bool = True
+) -> list[list[int]]:
     """Frame indices of each window of one step.
 
     Closed loop (official "uniform" schedule): starts 0, L-O, 2(L-O), ... < N, every index shifted by `offset` and
@@ -50,11 +52,18 @@ def windows_per_step(frames: int, length: int, overlap: int, offsets: list[int],
     return [len(context_windows(frames, length, overlap, offset, closed_loop)) for offset in offsets]
 
 
-def window_summary(frames: int, length: int, overlap: int, closed_loop: bool, steps: int, seed: int,
-                   offset_mode: str) -> dict:
+def window_summary(
+    frames: int, length: int, overlap: int, closed_loop: bool, steps: int, seed: int, offset_mode: str
+) -> dict:
     """Windows of a whole run as the sampler will run them (for the frontend readout): fewest and most per step and
     the total over all steps (UNet passes per CFG branch)."""
     offsets = window_offsets(seed, steps, length, offset_mode)
     per_step = windows_per_step(frames, length, overlap, offsets, closed_loop)
-    return {"frames": frames, "min_per_step": min(per_step), "max_per_step": max(per_step), "total": sum(per_step),
-            "steps": steps, "closed_loop": closed_loop}
+    return {
+        "frames": frames,
+        "min_per_step": min(per_step),
+        "max_per_step": max(per_step),
+        "total": sum(per_step),
+        "steps": steps,
+        "closed_loop": closed_loop,
+    }
