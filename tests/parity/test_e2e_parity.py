@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 import torch
 from parity_utils import frames_first, max_abs
+
+import nodes as comfy_nodes
 from xnemo_pack.nodes.motion import XNeMoEncodeMotion
 from xnemo_pack.nodes.reference import XNeMoReferenceCondition
 from xnemo_pack.nodes.sample import XNeMoSampleAnimation
@@ -32,8 +34,6 @@ from xnemo_pack.xnemo_core.adapters import vae as vae_adapter
 from xnemo_pack.xnemo_core.pure import face_crop
 from xnemo_pack.xnemo_core.pure.constants import LATENT_SCALE
 from xnemo_pack.xnemo_core.pure.errors import IncompatibleModelError
-
-import nodes as comfy_nodes
 
 pytestmark = [pytest.mark.parity, pytest.mark.slow]
 
@@ -106,6 +106,7 @@ def xnemo(e2e_dir, e2e_manifest):
     import hashlib
 
     import folder_paths
+
     from xnemo_pack.nodes import register_model_folder
     from xnemo_pack.nodes.loader import XNeMoLoader
 
@@ -161,8 +162,9 @@ def test_vae_files_build_comfyuis_temporal_decoder(vae, e2e_models):
 
     core = comfy_nodes.VAELoader().load_vae(e2e_weights.VAE_CONVERTED)[0]
     stage = comfy.utils.load_torch_file(str(e2e_models.root / "vae" / e2e_weights.VAE_FIRST_STAGE), safe_load=True)
-    from_checkpoint = comfy.sd.VAE(sd=comfy.utils.state_dict_prefix_replace(stage, {"first_stage_model.": ""},
-                                                                             filter_keys=True))
+    from_checkpoint = comfy.sd.VAE(
+        sd=comfy.utils.state_dict_prefix_replace(stage, {"first_stage_model.": ""}, filter_keys=True)
+    )
     via_loader = XNeMoVAELoader.execute(e2e_weights.VAE_FIRST_STAGE).args[0]
     for other in (core, from_checkpoint, via_loader):
         assert vae_adapter.vae_kind(other) == vae_adapter.TEMPORAL
@@ -232,14 +234,20 @@ def decode_node(vae, latent: torch.Tensor, chunk: int, monkeypatch) -> tuple[tor
 
 def check_decode(manifest, golden, images, raw, decoder_alone: bool) -> None:
     check(manifest, "decode.vae_out", raw, golden["decode.vae_out"], decoder_alone)
-    check(manifest, "decode.frames_float", images.movedim(-1, 1), frames_first(golden["decode.frames_float"]),
-          decoder_alone)
+    check(
+        manifest,
+        "decode.frames_float",
+        images.movedim(-1, 1),
+        frames_first(golden["decode.frames_float"]),
+        decoder_alone,
+    )
     check_u8(manifest, "decode.frames_u8", frames_u8(images), golden["decode.frames_u8"])
 
 
 def test_decode_golden_latents(vae, e2e_golden, e2e_manifest, monkeypatch):
-    images, raw = decode_node(vae, e2e_golden["decode.vae_in"], e2e_manifest["settings"]["decode"]["decode_chunk_size"],
-                              monkeypatch)
+    images, raw = decode_node(
+        vae, e2e_golden["decode.vae_in"], e2e_manifest["settings"]["decode"]["decode_chunk_size"], monkeypatch
+    )
     check_decode(e2e_manifest, e2e_golden, images, raw, decoder_alone=True)
 
 
@@ -294,6 +302,7 @@ def chain(xnemo, clip_vision, vae, e2e_dir, e2e_golden, e2e_inputs, e2e_manifest
             result = real(*args, **kwargs)
             seen[key].append(keep(args, result))
             return result
+
         mp.setattr(owner, name, wrapper)
 
     try:
@@ -301,11 +310,21 @@ def chain(xnemo, clip_vision, vae, e2e_dir, e2e_golden, e2e_inputs, e2e_manifest
         record(face_crop, "official_reference_crop", "square", lambda args, result: result.pixels)
         record(vae_adapter, "encode_reference", "latent", lambda args, result: (args[1], result))
         record(clip_adapter, "clip_image_embedding", "clip")
-        motion, _ = XNeMoEncodeMotion.execute(bundle, driving_frames(e2e_dir, e2e_manifest), "blazeface", 0, "largest",
-                                              1.1, 5.0, "interpolate", "official", float(s["fps"])).args
+        motion, _ = XNeMoEncodeMotion.execute(
+            bundle,
+            driving_frames(e2e_dir, e2e_manifest),
+            "blazeface",
+            0,
+            "largest",
+            1.1,
+            5.0,
+            "interpolate",
+            "official",
+            float(s["fps"]),
+        ).args
         positive, negative, start, crop, _ = XNeMoReferenceCondition.execute(
-            bundle, portrait(e2e_dir, e2e_manifest), clip_vision, vae, motion, s["W"], s["H"], "blazeface", 0,
-            "largest").args
+            bundle, portrait(e2e_dir, e2e_manifest), clip_vision, vae, motion, s["W"], s["H"], "blazeface", 0, "largest"
+        ).args
     finally:
         mp.undo()
 
@@ -347,15 +366,28 @@ def chain(xnemo, clip_vision, vae, e2e_dir, e2e_golden, e2e_inputs, e2e_manifest
             steps_seen.append((x0.clone(), x.clone()))
             if callback is not None:
                 callback(i, x0, x, total)
+
         return real_sample(*args, callback=both, noise=frames_first(e2e_inputs["noise"]), **kwargs)
 
     mp = pytest.MonkeyPatch()
     try:
         mp.setattr(sampling, "sample_animation", sample_with_recorded_noise)
         latent = XNeMoSampleAnimation.execute(
-            recorded, positive, negative, start, s["seed"], s["steps"],
-            s["guidance_scale"], sampling.DEFAULT, sampling.DEFAULT, 1.0, s["context_frames"], s["context_overlap"],
-            True, "seeded").args[0]["samples"]
+            recorded,
+            positive,
+            negative,
+            start,
+            s["seed"],
+            s["steps"],
+            s["guidance_scale"],
+            sampling.DEFAULT,
+            sampling.DEFAULT,
+            1.0,
+            s["context_frames"],
+            s["context_overlap"],
+            True,
+            "seeded",
+        ).args[0]["samples"]
         images, raw = decode_node(vae, latent, s["decode"]["decode_chunk_size"], mp)
     finally:
         mp.undo()
@@ -381,20 +413,25 @@ def chain(xnemo, clip_vision, vae, e2e_dir, e2e_golden, e2e_inputs, e2e_manifest
 def golden_layout(name: str, tensor: torch.Tensor) -> torch.Tensor:
     """The official [1, C, F, h, w] video tensors as frames-as-batch; unet_out [2, C, F, h, w] per row."""
     if tensor.ndim == 5 and name.endswith("unet_out"):
-        return torch.stack([frames_first(tensor[i:i + 1]) for i in range(tensor.shape[0])])
+        return torch.stack([frames_first(tensor[i : i + 1]) for i in range(tensor.shape[0])])
     return frames_first(tensor) if tensor.ndim == 5 else tensor
 
 
 STAGES = ("pre.", "clip.", "vae.", "motenc.", "sample.", "decode.")
 # Inner geometry of the official crops: not outputs of any node here; tests/parity/test_preprocess_parity.py checks
 # each of them against the official recording (issue 11). Their results (boxes, crops) are compared above.
-INNER_GEOMETRY = {"pre.drv_det_score", "pre.drv_fix_length", "pre.drv_center_smoothed", "pre.drv_crop_box_int",
-                  "pre.ref_pose_box_int", "pre.ref_crop_box_padded"}
+INNER_GEOMETRY = {
+    "pre.drv_det_score",
+    "pre.drv_fix_length",
+    "pre.drv_center_smoothed",
+    "pre.drv_crop_box_int",
+    "pre.ref_pose_box_int",
+    "pre.ref_crop_box_padded",
+}
 
 
 def test_chain_covers_every_listed_stage(chain, e2e_manifest):
-    missing = [n for n in e2e_manifest["golden"]
-               if n.startswith(STAGES) and n not in chain and n not in INNER_GEOMETRY]
+    missing = [n for n in e2e_manifest["golden"] if n.startswith(STAGES) and n not in chain and n not in INNER_GEOMETRY]
     assert not missing, f"stages not compared: {missing}"
 
 
