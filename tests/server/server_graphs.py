@@ -110,6 +110,8 @@ def pipeline(
                 "detector": "haar",
                 "face_index": 0,
                 "face_order": "largest",
+                "motion_strength": 1.0,
+                "head_strength": 1.0,
                 **(cond or {}),
             },
         },
