@@ -59,6 +59,8 @@ def test_reference_motion_crop_uses_the_motion_crop_scale(xnemo, portrait, monke
         raise RuntimeError("stop after the crop")
 
     monkeypatch.setattr(face_crop, "reference_motion_crop", spy)
+    monkeypatch.setattr(pipeline.clip, "check_clip_vision", lambda clip_vision: None)  # no encoder is reached
+    monkeypatch.setattr(pipeline.vae_adapter, "vae_kind", lambda vae: "sd")
     with pytest.raises(RuntimeError, match="stop after the crop"):
         pipeline.reference_condition(xnemo, portrait, None, None, motion, 512, 512)
     assert seen == [1.3]

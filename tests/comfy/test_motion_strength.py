@@ -14,6 +14,7 @@ from PIL import Image
 
 from xnemo_pack.nodes.motion import XNeMoEncodeMotion
 from xnemo_pack.nodes.reference import XNeMoReferenceCondition
+from xnemo_pack.xnemo_core import pipeline
 from xnemo_pack.xnemo_core.adapters.model import XNeMoFiles, load_xnemo
 from xnemo_pack.xnemo_core.adapters.unet_patch import MOTION_COND
 from xnemo_pack.xnemo_core.pure.constants import CHECKPOINT_FILES
@@ -23,13 +24,25 @@ FACE_ARGS = {"detector": "haar", "face_index": 0, "face_order": "largest"}
 
 
 class StandInClipVision:
-    def encode_image(self, image):
-        return {"image_embeds": torch.full((image.shape[0], 768), 0.01)}
+    """Not a ViT-L/14: only reaches the pipeline through `stand_in_encoders` (the motion path is what is tested)."""
 
 
 class StandInVae:
-    def encode(self, image):
-        return torch.full((image.shape[0], 4, image.shape[1] // 8, image.shape[2] // 8), 0.1)
+    pass
+
+
+def stand_in_encoders(mp: pytest.MonkeyPatch) -> None:
+    """CLIP and VAE stand-ins: fixed embedding and latent, past the pipeline's encoder checks."""
+    mp.setattr(pipeline.clip, "check_clip_vision", lambda clip_vision: None)
+    mp.setattr(pipeline.vae_adapter, "vae_kind", lambda vae: "sd")
+    mp.setattr(
+        pipeline,
+        "encode_reference",
+        lambda clip_vision, vae, image, box, crop: (
+            torch.full((1, 1, 768), 0.01),
+            torch.full((1, 4, crop.shape[1] // 8, crop.shape[2] // 8), 0.1),
+        ),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -65,24 +78,31 @@ def branches(setup) -> dict:
     """{strength (expression = head): (positive motion tokens, negative motion tokens)} from Reference Condition."""
     xnemo, clip_vision, vae, portrait, driving = setup
     out = {}
-    for strength in (0.0, 0.5, 1.0):
-        positive, negative, *_ = XNeMoReferenceCondition.execute(
-            xnemo,
-            portrait,
-            clip_vision,
-            vae,
-            driving,
-            SIZE,
-            SIZE,
-            **FACE_ARGS,
-            motion_strength=strength,
-            head_strength=strength,
-        ).result
-        out[strength] = (
-            positive[0][1]["model_conds"][MOTION_COND].cond,
-            negative[0][1]["model_conds"][MOTION_COND].cond,
-        )
+    with pytest.MonkeyPatch.context() as mp:
+        stand_in_encoders(mp)
+        for strength in (0.0, 0.5, 1.0):
+            out[strength] = _branch(xnemo, portrait, clip_vision, vae, driving, strength)
     return out
+
+
+def _branch(xnemo, portrait, clip_vision, vae, driving, strength):
+    """(positive, negative) motion tokens of Reference Condition at one strength (expression = head)."""
+    positive, negative, *_ = XNeMoReferenceCondition.execute(
+        xnemo,
+        portrait,
+        clip_vision,
+        vae,
+        driving,
+        SIZE,
+        SIZE,
+        **FACE_ARGS,
+        motion_strength=strength,
+        head_strength=strength,
+    ).result
+    return (
+        positive[0][1]["model_conds"][MOTION_COND].cond,
+        negative[0][1]["model_conds"][MOTION_COND].cond,
+    )
 
 
 def test_strength_endpoints_bit_for_bit(setup, branches):
