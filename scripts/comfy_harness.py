@@ -75,6 +75,52 @@ def comfyui_dir() -> Path:
     return path
 
 
+def comfyui_version(comfy_dir: Path | None = None) -> str:
+    """The `__version__` in the ComfyUI folder's comfyui_version.py ("unknown" when absent)."""
+    path = (comfy_dir or comfyui_dir()) / "comfyui_version.py"
+    try:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.startswith("__version__"):
+                return line.split("=", 1)[1].strip().strip("\"'")
+    except OSError:
+        pass
+    return "unknown"
+
+
+@dataclass
+class PinnedFrontend:
+    """The frontend a ComfyUI folder pins in its requirements.txt, and where it is served from."""
+
+    version: str
+    static_root: Path | None  # None: the venv's comfyui-frontend-package, which ComfyUI serves by default
+
+
+def pinned_frontend(comfy_dir: Path | None = None) -> PinnedFrontend:
+    """The frontend this ComfyUI pins. One venv serves both cores (it holds the newest core's pin); for a core that
+    pins another version, `scripts/setup.sh` unpacks that one into `.tools/frontend-<version>/`, served with
+    `--front-end-root`, so each core is tested with the frontend it ships with."""
+    import importlib.metadata
+
+    comfy_dir = comfy_dir or comfyui_dir()
+    installed = importlib.metadata.version("comfyui-frontend-package")
+    wanted = installed
+    try:
+        for line in (comfy_dir / "requirements.txt").read_text(encoding="utf-8").splitlines():
+            if line.strip().startswith("comfyui-frontend-package=="):
+                wanted = line.split("==", 1)[1].split(";")[0].strip()
+    except OSError:
+        pass
+    if wanted == installed:
+        return PinnedFrontend(installed, None)
+    static = ROOT / ".tools" / f"frontend-{wanted}" / "comfyui_frontend_package" / "static"
+    if not (static / "index.html").is_file():
+        raise HarnessError(
+            f"ComfyUI {comfyui_version(comfy_dir)} pins comfyui-frontend-package {wanted} but the venv has "
+            f"{installed} and {static} is missing: run `bash scripts/setup.sh` (it unpacks the floor's frontend)"
+        )
+    return PinnedFrontend(wanted, static)
+
+
 def import_pack(name: str = "xnemo_pack"):
     """Import this repository as a package (it is one, as ComfyUI loads it) so `xnemo_core` can be used in-process."""
     if name in sys.modules:
@@ -185,6 +231,7 @@ def start_server(
     show up in the loaders' combo lists (ComfyUI re-reads folders when their modification time changes).
     """
     comfy_dir = comfy_dir or comfyui_dir()
+    extra_args = list(extra_args)
     work_dir = Path(work_dir).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
 
@@ -228,6 +275,10 @@ def start_server(
         PACK_NAME,
     ]
     flags = _supported_flags(comfy_dir)
+    if "--front-end-root" not in extra_args:  # the frontend this core pins, as its users get it
+        pinned = pinned_frontend(comfy_dir)
+        if pinned.static_root is not None:
+            cmd += ["--front-end-root", str(pinned.static_root)]
     if "--database-url" in flags:
         cmd += ["--database-url", "sqlite:///:memory:"]
     if cpu:

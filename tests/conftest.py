@@ -52,6 +52,28 @@ if COMFYUI_DIR.is_dir():
 _register_pack()
 
 
+def comfyui_version() -> str:
+    import comfy_harness
+
+    return comfy_harness.comfyui_version(COMFYUI_DIR)
+
+
+def pytest_report_header(config):
+    """Every run says which core it tests: CI runs the suite on 0.30.0 and the floor lane on 0.3.75."""
+    import comfy_harness
+
+    try:
+        frontend = comfy_harness.pinned_frontend(COMFYUI_DIR).version
+    except Exception as err:  # the header must never stop the run
+        frontend = f"? ({err})"
+    return f"ComfyUI {comfyui_version()} at {COMFYUI_DIR} (pinned frontend {frontend})"
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if exitstatus not in (0, 5):
+        terminalreporter.write_line(f"FAILED on ComfyUI {comfyui_version()} ({COMFYUI_DIR})", red=True, bold=True)
+
+
 @pytest.fixture(scope="session")
 def fixture_dir() -> Path:
     if not (FIXTURE_DIR / "manifest.json").is_file():

@@ -1,6 +1,7 @@
 """Frontends under test and one ComfyUI per frontend for the browser tests.
 
-Two frontends: the one ComfyUI 0.3.75 pins (`comfyui-frontend-package` in the venv) and the newest from PyPI, which
+Two frontends: the one the ComfyUI under test pins (1.47.12 for 0.30.0, in the venv; 1.32.9 for the 0.3.75 floor,
+unpacked in `.tools/frontend-1.32.9/`) and the newest from PyPI, which
 `scripts/setup.sh` unpacks into `.tools/frontend-newest/` (ignored by git, never installed into the venv) and which
 the server gets with `--front-end-root`. The newest is opened in the classic canvas and in the Vue node rendering mode
 (setting `Comfy.VueNodes.Enabled`), the pinned one in the classic canvas: each browser test runs three times.
@@ -8,7 +9,6 @@ the server gets with `--front-end-root`. The newest is opened in the classic can
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 from dataclasses import dataclass
@@ -29,7 +29,11 @@ class Frontend:
 
 
 def pinned_frontend() -> Frontend:
-    return Frontend("pinned", importlib.metadata.version("comfyui-frontend-package"), None)
+    """The frontend the ComfyUI under test pins (1.47.12 for 0.30.0, 1.32.9 for the 0.3.75 floor)."""
+    import comfy_harness
+
+    pinned = comfy_harness.pinned_frontend()
+    return Frontend("pinned", pinned.version, pinned.static_root)
 
 
 def newest_frontend() -> Frontend:

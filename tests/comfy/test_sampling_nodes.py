@@ -9,6 +9,7 @@ bar counts windows; Cancel stops within one window and the next run works.
 from __future__ import annotations
 
 import copy
+import inspect
 
 import comfy.model_management
 import comfy.patcher_extension
@@ -101,18 +102,46 @@ def test_core_ksampler_matches_for_one_window(loaded, clip_inputs):
 
 
 def test_core_context_windows_get_a_message_that_names_the_fix(loaded, clip_inputs):
-    """ComfyUI 0.3.75's core context windows cannot run frames-as-batch latents (their step lookup fails on the
-    per-frame timesteps); the pack refuses them before sampling with a message that names Sample Animation."""
+    """Core context windows cannot run frames-as-batch latents (their step lookup fails on the per-frame timesteps);
+    the pack refuses them before sampling with a message that names Sample Animation. The node's signature differs
+    between 0.3.75 and 0.30.0 (`freenoise`), so it is called by keyword."""
     from comfy_extras.nodes_context_windows import ContextWindowsManualNode
 
     positive, negative, latent = clip_inputs(FRAMES)
-    windowed = ContextWindowsManualNode.execute(
-        loaded[0], LENGTH, OVERLAP, "standard_uniform", 1, False, "pyramid", 0
-    ).args[0]
+    settings = dict(
+        context_length=LENGTH,
+        context_overlap=OVERLAP,
+        context_schedule="standard_uniform",
+        context_stride=1,
+        closed_loop=False,
+        fuse_method="pyramid",
+        dim=0,
+    )
+    if "freenoise" in inspect.signature(ContextWindowsManualNode.execute).parameters:  # ComfyUI >= 0.4 adds it
+        settings["freenoise"] = False
+    windowed = ContextWindowsManualNode.execute(loaded[0], **settings).args[0]
     with pytest.raises(IncompatibleModelError, match="remove the Context Windows node.*Sample Animation"):
         comfy_nodes.common_ksampler(windowed, 3, 1, 2.5, "euler", "normal", positive, negative, latent)
     with pytest.raises(IncompatibleModelError, match="core Context Windows cannot run an X-NeMo model"):
         sample(windowed, positive, negative, latent)
+
+
+def test_multigpu_cfg_split_is_refused_with_a_message(loaded, clip_inputs):
+    """MultiGPU CFG Split (ComfyUI >= 0.4) adds per-device deep clones under the additional-models key "multigpu";
+    with an X-NeMo model that is refused before sampling until a multi-GPU run proves it (a stand-in clone here, as
+    this machine has one device). With one device the node adds no clone and sampling is the same as without it."""
+    positive, negative, latent = clip_inputs(LENGTH)
+    split = loaded[0].clone()
+    split.set_additional_models("multigpu", [loaded[0].clone()])
+    with pytest.raises(IncompatibleModelError, match="MultiGPU CFG Split is not supported with X-NeMo"):
+        sample(split, positive, negative, latent)
+    try:
+        from comfy_extras.nodes_multigpu import MultiGPUCFGSplitNode
+    except ImportError:
+        return  # ComfyUI 0.3.75 has no MultiGPU nodes
+    one_device = MultiGPUCFGSplitNode.execute(loaded[0], 2).args[0]
+    assert not one_device.get_additional_models_with_key("multigpu")
+    assert torch.equal(sample(one_device, positive, negative, latent), sample(loaded[0], positive, negative, latent))
 
 
 class _Window:

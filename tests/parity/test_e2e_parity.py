@@ -220,7 +220,9 @@ class DecodeRecorder:
 
     def __call__(self, z, **kwargs):
         out = self.decode(z, **kwargs)
-        self.outputs.append(out.float().cpu())
+        # A copy: ComfyUI 0.30.0's process_output maps the decoder's output to 0..1 in place, so a reference to the
+        # same float32 CPU tensor would record the mapped pixels, not the raw decoder output.
+        self.outputs.append(out.detach().float().cpu().clone())
         return out
 
 

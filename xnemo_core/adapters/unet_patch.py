@@ -197,12 +197,25 @@ def _check_window(frame_ids, transformer_options: dict, frames: int) -> None:
 
 
 def refuse_core_context_windows(executor, *args, **kwargs):
-    """OUTER_SAMPLE wrapper: core Context Windows nodes cannot window X-NeMo's frames-as-batch latents in this ComfyUI
-    (their step lookup fails on per-frame timesteps before any model call), so say what to use instead."""
-    if executor.class_obj.model_options.get("context_handler") is not None:
+    """OUTER_SAMPLE wrapper: core Context Windows nodes cannot window X-NeMo's frames-as-batch latents (their step
+    lookup fails on per-frame timesteps before any model call), so say what to use instead; MultiGPU CFG Split is
+    refused until a multi-GPU run proves it."""
+    options = executor.class_obj.model_options
+    if options.get("context_handler") is not None:
         raise IncompatibleModelError(
             "core Context Windows cannot run an X-NeMo model: remove the Context Windows node and sample with X-NeMo "
             "Sample Animation, which runs the official overlapping windows itself (context_length, context_overlap)"
+        )
+    patcher = getattr(executor.class_obj, "model_patcher", None)
+    extra_devices = patcher.get_additional_models_with_key("multigpu") if patcher is not None else []
+    if extra_devices or len(options.get("multigpu_clones") or {}) > 1:
+        # ComfyUI >= 0.4's MultiGPU CFG Split deep-clones the model per device and splits the cond/uncond rows. The
+        # X-NeMo bank and sites ride on the main model's additional models and transformer_options; no multi-GPU run
+        # has shown that every clone gets them with its rows, so it is refused rather than trusted.
+        raise IncompatibleModelError(
+            "MultiGPU CFG Split is not supported with X-NeMo yet (no multi-GPU run has proven that each device gets "
+            "the reference bank and motion with its rows): remove the MultiGPU CFG Split node; X-NeMo Sample "
+            "Animation runs on one device"
         )
     return executor(*args, **kwargs)
 
