@@ -10,8 +10,10 @@ WEB_DIRECTORY = "./web"
 
 async def comfy_entrypoint():
     from .nodes import XNeMoExtension, register_model_folder
+    from .nodes.core_version import log_core_version
     from .nodes.routes import register_routes
 
+    log_core_version()
     register_model_folder()
     register_routes()
     return XNeMoExtension()

@@ -7,6 +7,7 @@ might still make goes to a proxy that does not exist, so it fails instead of rea
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -20,6 +21,8 @@ try:
     import tomllib
 except ImportError:  # Python 3.10
     import tomli as tomllib
+
+from xnemo_pack.nodes import core_version
 
 ROOT = Path(__file__).resolve().parents[1]
 COMFY = ROOT / ".tools" / "comfy-cli" / "bin" / "comfy"
@@ -70,7 +73,7 @@ def test_registry_metadata():
     assert re.fullmatch(r"\d+\.\d+\.\d+", project["version"])
     assert project["urls"]["Repository"].startswith("https://github.com/")
     assert tool["PublisherId"] and tool["DisplayName"]
-    assert tool["requires-comfyui"] == ">=0.3.75"
+    assert tool["requires-comfyui"] == f">={core_version.FLOOR}"
     frontend = [d for d in project["dependencies"] if d.startswith("comfyui-frontend-package")]
     assert frontend == ["comfyui-frontend-package>=1.32.9"], "the frontend range the README states"
     classifiers = project["classifiers"]
@@ -159,3 +162,31 @@ def test_example_workflow_model_entries_link_files_and_name_folders():
                 else:
                     assert re.fullmatch(r"https://huggingface\.co/[^/]+/[^/]+/resolve/[^/]+/\S+\.\w+", url), where
     assert entries >= 6
+
+
+def test_the_tested_core_range_has_one_source():
+    """The floor in pyproject.toml, the versions scripts/setup.sh unpacks and the range the pack logs agree, and the
+    README says both."""
+    setup = (ROOT / "scripts" / "setup.sh").read_text(encoding="utf-8")
+    assert f'COMFYUI_FLOOR="{core_version.FLOOR}"' in setup
+    assert f'COMFYUI_NEWEST="{core_version.NEWEST_TESTED}"' in setup
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert f"ComfyUI {core_version.NEWEST_TESTED}" in readme and f"ComfyUI {core_version.FLOOR}" in readme
+
+
+@pytest.mark.parametrize(
+    ("version", "level", "words"),
+    [
+        ("0.3.74", logging.WARNING, "older than 0.3.75"),
+        ("0.2.9", logging.WARNING, "Update ComfyUI"),
+        ("0.3.75", logging.INFO, "tested range"),
+        ("0.10.1", logging.INFO, "tested range"),  # numeric, not string, order: 0.10 > 0.3
+        ("0.30.0", logging.INFO, "tested range"),
+        ("0.30.1", logging.INFO, "newer than 0.30.0"),
+        ("1.0.0", logging.INFO, "newer than 0.30.0"),
+        ("nightly", logging.WARNING, "cannot read"),
+    ],
+)
+def test_a_core_outside_the_tested_range_is_told_at_start(version, level, words):
+    got_level, message = core_version.core_version_message(version)
+    assert got_level == level and words in message, message

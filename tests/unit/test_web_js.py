@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -135,3 +136,12 @@ def test_extension_touches_only_our_nodes_and_wraps(tmp_path, path):
         assert any("frames unknown" in t for t in node["texts"])
         assert "230 frames: 12 windows/step (closed loop)" in node["texts"]
         assert "35 steps = 420 UNet passes" in node["texts"]
+
+
+@pytest.mark.parametrize("path", JS_FILES, ids=lambda p: p.name)
+def test_extensions_never_read_the_app_graph(path):
+    """Frontend 1.47.12 logs "ComfyApp graph accessed before initialization" on load by itself, and the browser tests
+    ignore that exact message; so our extensions must never read `app.graph`/`app.rootGraph`, or an early read of
+    ours would hide behind it. They reach the graph through the node they are given (`node.graph`)."""
+    source = path.read_text(encoding="utf-8")
+    assert not re.search(r"\bapp\s*\.\s*(graph|rootGraph)\b", source), path.name
