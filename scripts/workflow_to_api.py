@@ -34,8 +34,11 @@ class ConversionError(ValueError):
     """The workflow cannot be expressed as an API prompt with these node definitions."""
 
 
+DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"  # ComfyUI >= 0.4 (e.g. SaveVideo's codec): a combo whose option adds inputs
+
+
 def _is_widget(spec: list) -> bool:
-    return bool(spec) and (isinstance(spec[0], list) or spec[0] in WIDGET_TYPES)
+    return bool(spec) and (isinstance(spec[0], list) or spec[0] in WIDGET_TYPES or spec[0] == DYNAMIC_COMBO)
 
 
 def _ordered_inputs(info: Mapping[str, Any]) -> list[tuple[str, list]]:
@@ -49,29 +52,42 @@ def _ordered_inputs(info: Mapping[str, Any]) -> list[tuple[str, list]]:
 
 
 def _widget_values(node: Mapping[str, Any], info: Mapping[str, Any]) -> dict[str, Any]:
-    """Map a node's positional `widgets_values` to input names, skipping the frontend's UI-only extras."""
+    """Map a node's positional `widgets_values` to input names, skipping the frontend's UI-only extras.
+
+    A dynamic combo's value is followed by the widgets of the option it selects, named `<combo>.<input>` in the
+    prompt (as ComfyUI 0.30.0's frontend saves and exports SaveVideo's `codec` and `codec.encoding`)."""
     values = node.get("widgets_values") or []
     if isinstance(values, dict):  # some packs (e.g. VideoHelperSuite) save a name -> value dict
         return dict(values)
     out: dict[str, Any] = {}
     i = 0
-    for name, spec in _ordered_inputs(info):
-        if not _is_widget(spec):
-            continue
-        if i >= len(values):
-            break
-        out[name] = values[i]
-        i += 1
-        options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-        seed_like = options.get("control_after_generate") or name in ("seed", "noise_seed")
-        if seed_like and i < len(values) and values[i] in CONTROL_VALUES:
-            i += 1  # control_after_generate
-        if (
-            any(options.get(flag) for flag in UPLOAD_FLAGS)
-            and i < len(values)
-            and values[i] in ("image", "video", "audio")
-        ):
-            i += 1  # the upload button's value
+
+    def walk(inputs: list[tuple[str, list]], prefix: str) -> bool:
+        nonlocal i
+        for name, spec in inputs:
+            if not _is_widget(spec):
+                continue
+            if i >= len(values):
+                return False
+            out[prefix + name] = values[i]
+            i += 1
+            options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+            seed_like = options.get("control_after_generate") or name in ("seed", "noise_seed")
+            if seed_like and i < len(values) and values[i] in CONTROL_VALUES:
+                i += 1  # control_after_generate
+            if (
+                any(options.get(flag) for flag in UPLOAD_FLAGS)
+                and i < len(values)
+                and values[i] in ("image", "video", "audio")
+            ):
+                i += 1  # the upload button's value
+            if spec[0] == DYNAMIC_COMBO:
+                chosen = next((o for o in options.get("options", []) if o.get("key") == out[prefix + name]), None)
+                if chosen is not None and not walk(_ordered_inputs({"input": chosen["inputs"]}), f"{prefix}{name}."):
+                    return False
+        return True
+
+    walk(_ordered_inputs(info), "")
     return out
 
 
@@ -115,7 +131,12 @@ def convert(workflow: Mapping[str, Any], object_info: Mapping[str, Any]) -> dict
                 inputs.pop(slot["name"], None)
                 continue
             inputs[slot["name"]] = [str(origin[0]), origin[1]]
-        inputs = {name: inputs[name] for name, _ in _ordered_inputs(info) if name in inputs}
+        inputs = {
+            key: inputs[key]
+            for name, _ in _ordered_inputs(info)
+            for key in [name, *(k for k in inputs if k.startswith(name + "."))]
+            if key in inputs
+        }
         prompt[str(node_id)] = {
             "inputs": inputs,
             "class_type": kind,

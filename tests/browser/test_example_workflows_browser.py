@@ -20,9 +20,10 @@ Ignored console errors, each unrelated to this pack:
   its own linear-mode store reads `app.rootGraph` in a watcher before the graph exists (the stack is all frontend
   code; checked with --disable-all-custom-nodes). Our extensions never read `app.graph`/`app.rootGraph` (asserted).
 
-Workflows are saved by the newest core (0.30.0): core CreateVideo's `bit_depth` widget, new in 0.30.0, is in their
-widgets_values. On the 0.3.75 floor the frontend keeps the values of the widgets that core defines (the trailing one
-is dropped, nothing shifts), and Export (API) equals the twin on the inputs that core defines.
+Workflows are saved by the newest core (0.30.0): core CreateVideo's `bit_depth` and SaveVideo's `codec.encoding`
+(new in 0.30.0) are in their widgets_values. On the 0.3.75 floor the frontend keeps the values of the widgets that
+core defines (the trailing ones are dropped, nothing shifts), and Export (API) equals the twin on the inputs that core
+defines.
 """
 
 from __future__ import annotations
@@ -298,9 +299,8 @@ def test_example_workflow_in_the_frontend(page, artifacts_dir, stem):
     for node_id, node in api_twin.items():
         assert exported[node_id]["class_type"] == node["class_type"]
         spec = info[node["class_type"]]["input"]
-        defined = {**spec.get("required", {}), **spec.get("optional", {})}
-        inputs = {k: v for k, v in exported[node_id]["inputs"].items() if k in defined}
-        twin = {k: v for k, v in node["inputs"].items() if k in defined}  # the twin is the newest core's
+        inputs = {k: v for k, v in exported[node_id]["inputs"].items() if _defined(spec, k)}
+        twin = {k: v for k, v in node["inputs"].items() if _defined(spec, k)}  # the twin is the newest core's
         assert inputs == twin, (label, node_id, node["class_type"])
 
     page.wait_for_timeout(500)
@@ -319,18 +319,27 @@ def test_example_workflow_in_the_frontend(page, artifacts_dir, stem):
     assert page.console_errors[before:] == [], page.console_errors[before:]
 
 
-# Widgets core added after the 0.3.75 floor, by node type: what a workflow saved on the floor lacks.
-NEWER_CORE_WIDGETS = {"CreateVideo": ["bit_depth"]}
+# Core nodes whose widgets grew after the 0.3.75 floor: the widget values a workflow saved on the floor holds, and
+# the widgets (prompt inputs) later cores added. CreateVideo gained `bit_depth`; SaveVideo's `codec` became a dynamic
+# combo whose "h264" option adds `codec.encoding`.
+FLOOR_WIDGET_COUNT = {"CreateVideo": 1, "SaveVideo": 3}
+NEWER_CORE_WIDGETS = {"CreateVideo": ["bit_depth"], "SaveVideo": ["codec.encoding"]}
 
 
 def _as_saved_on_the_floor(workflow: dict) -> dict:
     """The workflow as ComfyUI 0.3.75's frontend saves it: the widgets new in later cores are not in it."""
     floor = json.loads(json.dumps(workflow))
     for node in floor["nodes"]:
-        dropped = len(NEWER_CORE_WIDGETS.get(node["type"], []))
-        if dropped:
-            node["widgets_values"] = node["widgets_values"][:-dropped]
+        if node["type"] in FLOOR_WIDGET_COUNT:
+            node["widgets_values"] = node["widgets_values"][: FLOOR_WIDGET_COUNT[node["type"]]]
     return floor
+
+
+def _defined(spec: dict, name: str) -> bool:
+    """`name` is an input of this core's node: top level, or below a dynamic combo (`codec.encoding`)."""
+    defined = {**spec.get("required", {}), **spec.get("optional", {})}
+    head = name.split(".")[0]
+    return name in defined or (head in defined and defined[head][0] == workflow_to_api.DYNAMIC_COMBO)
 
 
 @pytest.mark.parametrize("stem", WORKFLOWS)
@@ -344,10 +353,9 @@ def test_a_workflow_saved_on_the_floor_opens_with_every_value_in_place(page, ste
     info = page.client.object_info()
     for node in workflow["nodes"]:
         for name in NEWER_CORE_WIDGETS.get(node["type"], []):
-            spec = info[node["type"]]["input"]
-            defined = {**spec.get("required", {}), **spec.get("optional", {})}
-            if name in defined:  # the committed value is core's default, so the floor's file means the same
-                assert workflow_to_api._widget_values(node, info[node["type"]])[name] == defined[name][1]["default"]
+            mapped = workflow_to_api._widget_values(node, info[node["type"]])
+            if name in mapped:  # this core has it: the committed value is its default, which the floor's file gets
+                assert mapped[name] == {"bit_depth": 8, "codec.encoding": "auto"}[name], (stem, node["type"], name)
     before = len(page.console_errors)
     page.evaluate("async (wf) => { await app.loadGraphData(wf); }", floor)
     page.wait_for_timeout(1500 if page.mode == "vue" else 800)
@@ -364,7 +372,6 @@ def test_a_workflow_saved_on_the_floor_opens_with_every_value_in_place(page, ste
     exported = page.evaluate("async () => (await app.graphToPrompt()).output")
     for node_id, node in api_twin.items():
         spec = info[node["class_type"]]["input"]
-        defined = {**spec.get("required", {}), **spec.get("optional", {})}
-        inputs = {k: v for k, v in exported[node_id]["inputs"].items() if k in defined}
-        assert inputs == {k: v for k, v in node["inputs"].items() if k in defined}, (stem, node_id)
+        inputs = {k: v for k, v in exported[node_id]["inputs"].items() if _defined(spec, k)}
+        assert inputs == {k: v for k, v in node["inputs"].items() if _defined(spec, k)}, (stem, node_id)
     assert page.console_errors[before:] == [], page.console_errors[before:]

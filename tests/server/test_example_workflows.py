@@ -90,7 +90,7 @@ def test_examples_use_only_core_and_pack_nodes(comfy_client, stem):
 
 
 # Widget inputs core added after the 0.3.75 floor: in the committed (newest core's) twins, unknown to the floor.
-NEWER_CORE_INPUTS = {"CreateVideo": {"bit_depth"}}
+NEWER_CORE_INPUTS = {"CreateVideo": {"bit_depth"}, "SaveVideo": {"codec.encoding"}}
 
 
 def _on_this_core(prompt: dict, info: dict) -> dict:
@@ -99,6 +99,9 @@ def _on_this_core(prompt: dict, info: dict) -> dict:
     for node in out.values():
         spec = info[node["class_type"]]["input"]
         defined = {**spec.get("required", {}), **spec.get("optional", {})}
+        defined.update(  # inputs below a dynamic combo (0.30.0's SaveVideo `codec.encoding`)
+            {k: None for k in node["inputs"] if defined.get(k.split(".")[0], [""])[0] == workflow_to_api.DYNAMIC_COMBO}
+        )
         unknown = set(node["inputs"]) - set(defined)
         assert unknown <= NEWER_CORE_INPUTS.get(node["class_type"], set()), (node["class_type"], unknown)
         node["inputs"] = {k: v for k, v in node["inputs"].items() if k in defined}
