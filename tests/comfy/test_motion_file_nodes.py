@@ -124,3 +124,13 @@ def test_save_motion_says_when_load_motion_will_not_list_the_file(folders):
     assert "Load Motion lists only the output folder's top level and xnemo_motion/: move it there" in str(ui)
     ui = XNeMoSaveMotion.execute(motion=motion(frames=3), filename_prefix="walk").ui
     assert "move it there" not in str(ui) and "walk_00001_.safetensors [output]" in motion_file_choices()
+
+
+def test_a_linked_xnemo_motion_folder_is_not_listed(folders):
+    inputs, outputs = folders
+    elsewhere = inputs.parent / "elsewhere"
+    elsewhere.mkdir()
+    save_motion(motion(frames=3), str(elsewhere / "far.safetensors"))
+    (outputs / "xnemo_motion").symlink_to(elsewhere, target_is_directory=True)
+    save_motion(motion(frames=3), str(inputs / "near.safetensors"))
+    assert motion_file_choices() == ["near.safetensors"]
