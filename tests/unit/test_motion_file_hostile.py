@@ -119,6 +119,14 @@ def test_more_frames_than_the_cap_are_refused_before_reading(tmp_path, good):
     refused(path, f"holds {frames:,} frames; X-NeMo motion files hold 1 to {MAX_FRAMES:,}")
 
 
+def test_save_refuses_what_load_would_refuse(tmp_path, monkeypatch):
+    monkeypatch.setattr(mf, "MAX_FRAMES", 6)
+    save_motion(motion(frames=6), str(tmp_path / "six.safetensors"))
+    with pytest.raises(MotionFileError, match="the motion has 7 frames; a motion file holds at most 6"):
+        save_motion(motion(frames=7), str(tmp_path / "seven.safetensors"))
+    assert not (tmp_path / "seven.safetensors").exists()
+
+
 def test_a_wider_tensor_is_refused(tmp_path, good):
     header, data = split(good)
     entry = header["face_features"]

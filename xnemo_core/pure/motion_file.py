@@ -73,7 +73,12 @@ def _optional_float(value: str, name: str, path: str) -> float | None:
 
 
 def save_motion(motion: MotionSequence, path: str) -> None:
-    """Write `motion` to `path` (a new .safetensors file)."""
+    """Write `motion` to `path` (a new .safetensors file); refuses what Load Motion would refuse (over MAX_FRAMES)."""
+    if motion.frames > MAX_FRAMES:
+        raise MotionFileError(
+            f"the motion has {motion.frames:,} frames; a motion file holds at most {MAX_FRAMES:,}: trim the driving "
+            "video or save it in parts"
+        )
     tensors = {name: getattr(motion, name).contiguous() for name in _FIELDS if getattr(motion, name) is not None}
     metadata = {
         "format": FORMAT,
