@@ -15,6 +15,7 @@ from ..xnemo_core.pure.constants import (
     DEFAULT_STEPS,
     DRAFT_CFG,
     DRAFT_STEPS,
+    MAX_STEPS,
     TEMPORAL_MAX_FRAMES,
 )
 from ..xnemo_core.pure.windows import OFFSET_MODES
@@ -50,7 +51,9 @@ class XNeMoSampleAnimation(io.ComfyNode):
                     control_after_generate=True,
                     tooltip="Seed for the noise and the window offsets.",
                 ),
-                io.Int.Input("steps", default=DEFAULT_STEPS, min=1, max=1000, tooltip="Denoising steps (official 35)."),
+                io.Int.Input(
+                    "steps", default=DEFAULT_STEPS, min=1, max=MAX_STEPS, tooltip="Denoising steps (official 35)."
+                ),
                 io.Float.Input(
                     "cfg",
                     default=DEFAULT_CFG,

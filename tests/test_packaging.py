@@ -103,6 +103,35 @@ def test_requirements_match_pyproject_and_pin_nothing_of_comfyui():
             assert line.strip() == name[0], f"requirements.txt pins {line.strip()!r}: ComfyUI owns that package"
 
 
+# requirement name -> the module the pack imports for it
+IMPORT_NAMES = {"pillow": "PIL"}
+PACK_CODE = ("__init__.py", "nodes", "xnemo_core")
+
+
+def imported_top_modules(paths) -> set[str]:
+    import ast
+
+    found = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                found.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
+    return found
+
+
+def test_every_runtime_requirement_is_imported_by_the_pack():
+    """ComfyUI-Manager installs requirements.txt into the user's environment: list only what the pack's code imports
+    (diffusers was listed and never imported, dragging its dependencies in for nothing)."""
+    files = [p for name in PACK_CODE for p in ([ROOT / name] if name.endswith(".py") else (ROOT / name).rglob("*.py"))]
+    imported = imported_top_modules(files)
+    declared = requirement_names((ROOT / "requirements.txt").read_text().splitlines())
+    unused = [name for name in declared if IMPORT_NAMES.get(name, name) not in imported]
+    assert not unused, f"requirements.txt lists {unused}, which the pack never imports"
+    assert "diffusers" not in declared and "diffusers" not in imported
+
+
 def test_published_archive(tmp_path):
     """`comfy node pack` (the archive `comfy node publish` uploads): the pack, its web files, docs and workflows;
     none of the tests, test artifacts, tools or local environments."""

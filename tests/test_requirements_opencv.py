@@ -2,7 +2,7 @@
 it adds no second OpenCV build, and `import cv2` (with the contrib modules) still works afterwards.
 
 The throwaway venv sees this venv's packages except every OpenCV one (a folder of links, through a .pth file), so
-pip finds torch, diffusers, ... already satisfied and nothing is downloaded: the contrib wheel comes from
+pip finds torch, safetensors, ... already satisfied and nothing is downloaded: the contrib wheel comes from
 .tools/wheels/ (scripts/setup.sh puts it there) and pip runs with --no-index. A requirement on any OpenCV package
 would therefore fail here instead of installing a second build.
 """

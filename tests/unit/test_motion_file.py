@@ -89,7 +89,7 @@ def test_unreadable_files_get_a_clear_error(tmp_path, damage):
         blob = json.dumps(header).encode()
         blob += b" " * (-len(blob) % 8)
         path.write_bytes(struct.pack("<Q", len(blob)) + blob + data[8 + size :])
-        expected = "its fps entry 'fast' is not a number"
+        expected = "its fps entry 'fast' is not a positive number"
     with pytest.raises(MotionFileError, match=expected) as err:
         load_motion(str(path))
     assert path.name in str(err.value)

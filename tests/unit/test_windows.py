@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from xnemo_pack.xnemo_core.pure.windows import context_windows, window_offsets, window_summary, windows_per_step
+from xnemo_pack.xnemo_core.pure.windows import (
+    context_windows,
+    window_count,
+    window_offsets,
+    window_summary,
+    windows_per_step,
+)
 
 
 @pytest.mark.parametrize("frames,length,overlap", [(45, 24, 4), (230, 24, 4), (50, 16, 0), (33, 8, 7)])
@@ -52,3 +58,56 @@ def test_summary_totals_the_run_own_offsets():
     per_step = windows_per_step(50, 24, 4, window_offsets(3, 20, 24, "seeded"), False)
     assert s["total"] == sum(per_step) and (s["min_per_step"], s["max_per_step"]) == (min(per_step), max(per_step))
     assert window_summary(230, 24, 4, True, 35, 0, "seeded")["total"] == 12 * 35
+
+
+FRAMES = (1, 2, 3, 5, 8, 13, 23, 24, 25, 31, 32, 33, 45, 50, 64, 97, 230)
+LENGTHS = (1, 2, 3, 4, 7, 8, 16, 23, 24, 31, 32)
+
+
+@pytest.mark.parametrize("closed", [True, False])
+def test_window_count_is_the_planner_count(closed):
+    """The arithmetic count (what the readout route and the progress bar use) = the planner's windows, for every
+    overlap and every offset a step can draw, short clips and clips one frame past a window included."""
+    checked = 0
+    for frames in FRAMES:
+        for length in LENGTHS:
+            for overlap in range(length):
+                for offset in range(length + 3):
+                    planned = len(context_windows(frames, length, overlap, offset, closed))
+                    assert window_count(frames, length, overlap, offset, closed) == planned, (
+                        frames,
+                        length,
+                        overlap,
+                        offset,
+                        closed,
+                    )
+                    checked += 1
+    assert checked > 40_000
+
+
+@pytest.mark.parametrize("closed", [True, False])
+@pytest.mark.parametrize("steps", [1, 2, 35, 1000])
+@pytest.mark.parametrize(
+    "frames,length,overlap", [(1, 24, 4), (24, 24, 4), (25, 24, 4), (50, 24, 4), (97, 8, 7), (230, 16, 0)]
+)
+def test_summary_equals_the_planner_over_the_whole_run(frames, length, overlap, closed, steps):
+    """window_summary (closed loop: one count times the steps, no window built) = counting the windows the sampler
+    plans for each step with that step's seeded offset."""
+    offsets = window_offsets(7, steps, length, "seeded")
+    planned = [len(context_windows(frames, length, overlap, o, closed)) for o in offsets]
+    got = window_summary(frames, length, overlap, closed, steps, 7, "seeded")
+    assert got == {
+        "frames": frames,
+        "min_per_step": min(planned),
+        "max_per_step": max(planned),
+        "total": sum(planned),
+        "steps": steps,
+        "closed_loop": closed,
+    }
+
+
+def test_summary_of_a_long_clip_is_arithmetic():
+    """100,000 frames in 32-frame windows overlapping by 31 (the readout's largest clip): counted, not planned."""
+    got = window_summary(100_000, 32, 31, True, 1000, 0, "seeded")
+    assert got["min_per_step"] == got["max_per_step"] == 100_000 and got["total"] == 100_000_000
+    assert window_summary(100_000, 32, 31, False, 1000, 0, "seeded")["max_per_step"] == 100_000 - 32 + 1

@@ -15,6 +15,8 @@ MOTION_INPUT_SIZE = 224  # motion-encoder crop size
 TEMPORAL_MAX_FRAMES = 32  # temporal positional-encoding length: the longest window the temporal layers accept
 
 DEFAULT_STEPS = 35
+MAX_STEPS = 1000  # Sample Animation's steps limit, and the window readout's (/xnemo/windows)
+MAX_FRAMES = 100_000  # longest clip the window readout counts and a motion file may hold
 DEFAULT_CFG = 2.5
 DEFAULT_CONTEXT_LENGTH = 24
 DEFAULT_CONTEXT_OVERLAP = 4

@@ -46,24 +46,43 @@ def window_offsets(seed: int, steps: int, length: int, mode: str) -> list[int]:
     return torch.randint(0, max(length, 1), (steps,), generator=g).tolist()
 
 
+def window_count(frames: int, length: int, overlap: int, offset: int = 0, closed_loop: bool = True) -> int:
+    """`len(context_windows(...))` by arithmetic, without building a window (tests/unit/test_windows.py checks the two
+    agree), so a count costs the same for a hundred frames as for a hundred thousand."""
+    if frames <= length:
+        return 1
+    stride = length - overlap
+    if closed_loop:
+        return -(-frames // stride)  # starts 0, stride, 2 stride, ... < frames
+    last = frames - length  # the last window's start, never among the inner starts (range stops before it)
+    shift = offset % stride
+    inner = -(-(last - shift) // stride) if shift < last else 0  # len(range(shift, last, stride))
+    return inner + (shift != 0) + 1  # + the first window (when the inner starts miss 0) + the last one
+
+
 def windows_per_step(frames: int, length: int, overlap: int, offsets: list[int], closed_loop: bool = True) -> list[int]:
     """Number of windows of each step. Closed loop: the same for every offset. Open loop: the offset moves the inner
     boundaries, so one step may run one window more than another (50 frames at 24/4: 3 or 4)."""
-    return [len(context_windows(frames, length, overlap, offset, closed_loop)) for offset in offsets]
+    return [window_count(frames, length, overlap, offset, closed_loop) for offset in offsets]
 
 
 def window_summary(
     frames: int, length: int, overlap: int, closed_loop: bool, steps: int, seed: int, offset_mode: str
 ) -> dict:
     """Windows of a whole run as the sampler will run them (for the frontend readout): fewest and most per step and
-    the total over all steps (UNet passes per CFG branch)."""
-    offsets = window_offsets(seed, steps, length, offset_mode)
-    per_step = windows_per_step(frames, length, overlap, offsets, closed_loop)
+    the total over all steps (UNet passes per CFG branch). Closed loop: one count for every offset, so no offset is
+    drawn; open loop: one count per step, by arithmetic (`window_count`)."""
+    if closed_loop:
+        per_step = [window_count(frames, length, overlap)]
+        total = per_step[0] * steps
+    else:
+        per_step = windows_per_step(frames, length, overlap, window_offsets(seed, steps, length, offset_mode), False)
+        total = sum(per_step)
     return {
         "frames": frames,
         "min_per_step": min(per_step),
         "max_per_step": max(per_step),
-        "total": sum(per_step),
+        "total": total,
         "steps": steps,
         "closed_loop": closed_loop,
     }
