@@ -13,6 +13,8 @@ import inspect
 
 import comfy.model_management
 import comfy.patcher_extension
+import comfy.sample
+import comfy.samplers
 import comfy.utils
 import folder_paths
 import pytest
@@ -144,6 +146,58 @@ def test_multigpu_cfg_split_is_refused_with_a_message(loaded, clip_inputs):
     assert torch.equal(sample(one_device, positive, negative, latent), sample(loaded[0], positive, negative, latent))
 
 
+@pytest.mark.parametrize("closed_loop", [True, False], ids=["closed", "open"])
+def test_core_index_list_windows_with_the_pack_schedule_are_bit_identical(loaded, clip_inputs, closed_loop):
+    """Could Sample Animation's windows ride on core's IndexListContextHandler (ComfyUI 0.30.0)? With the official
+    seeded offsets as a custom schedule, flat fusing, frames as dim 0 and no causal anchor frame, core's handler
+    (per-window memory plan, per-frame cond and timestep slicing) gives the pack's result bit for bit. The pack keeps
+    its own windowing while the 0.3.75 floor, whose handler cannot run frames-as-batch latents, is supported (see
+    README, Long clips); this test is the proof for moving over once the floor does."""
+    cw = pytest.importorskip("comfy.context_windows")
+    if "causal_window_fix" not in inspect.signature(cw.IndexListContextHandler).parameters:
+        pytest.skip("this core's IndexListContextHandler cannot run frames-as-batch latents (ComfyUI 0.3.75)")
+    positive, negative, latent = clip_inputs(FRAMES)
+    settings = sampling.SampleSettings(
+        seed=4, steps=STEPS, context_length=LENGTH, context_overlap=OVERLAP, closed_loop=closed_loop
+    )
+    ours = sampling.sample_animation(loaded[0], positive, negative, latent["samples"], settings)
+
+    offsets = sampling.run_offsets(settings)
+    assert len(set(offsets)) > 1, "the test needs steps with different window offsets"
+    schedule = cw.ContextSchedule(
+        "xnemo_seeded",
+        lambda frames, handler, model_options: windows.context_windows(
+            frames, LENGTH, OVERLAP, offsets[handler._step], closed_loop
+        ),
+    )
+    model = loaded[0].clone()
+    model.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, unet_patch.KEY)  # the refusal
+    model.model_options["context_handler"] = cw.IndexListContextHandler(
+        schedule,
+        cw.get_matching_fuse_method("flat"),
+        context_length=LENGTH,
+        context_overlap=OVERLAP,
+        closed_loop=closed_loop,
+        dim=0,
+        causal_window_fix=False,
+    )
+    cw.create_prepare_sampling_wrapper(model)
+    sigmas = sampling.make_sigmas(model.get_model_object("model_sampling"), settings.scheduler, STEPS, 1.0)
+    noise = comfy.sample.prepare_noise(latent["samples"], settings.seed)
+    core = comfy.sample.sample_custom(
+        model,
+        noise,
+        settings.cfg,
+        comfy.samplers.sampler_object("euler"),
+        sigmas,
+        positive,
+        negative,
+        latent["samples"],
+        seed=settings.seed,
+    )
+    assert torch.equal(core, ours), float((core - ours).abs().max())
+
+
 class _Window:
     def __init__(self, index_list):
         self.index_list = index_list
@@ -235,3 +289,22 @@ def test_a_sigma_outside_the_schedule_raises():
     assert sampling._step_index(torch.tensor([7.0] * 4), options) == 1
     with pytest.raises(XNeMoError, match="not one of this run's 4 sigmas"):
         sampling._step_index(torch.tensor([5.0]), options)
+
+
+def test_xnemo_models_opt_out_of_dynamic_vram(monkeypatch, fixture_dir):
+    """ComfyUI 0.30.0 with comfy-aimdo on an NVIDIA card rebinds CoreModelPatcher to ModelPatcherDynamic; X-NeMo's
+    patchers (UNet, sites, ReferenceNet, motion encoder) stay the estimate-based ModelPatcher (a stand-in subclass
+    plays the dynamic one here: the real one needs a GPU)."""
+    import comfy.model_patcher
+
+    class DynamicStandIn(comfy.model_patcher.ModelPatcher):
+        pass
+
+    monkeypatch.setattr(comfy.model_patcher, "CoreModelPatcher", DynamicStandIn, raising=False)
+    register_model_folder()
+    folder_paths.add_model_folder_path("x-nemo", str(fixture_dir))
+    model, bundle = XNeMoLoader.execute(
+        *(f"xnemo_{n}.pth" for n in ("denoising_unet", "reference_unet", "motion_encoder", "temporal_module")), "fp32"
+    ).args
+    patchers = [model, *model.get_additional_models_with_key(unet_patch.KEY), bundle.reference, bundle.motion]
+    assert [type(p) for p in patchers] == [comfy.model_patcher.ModelPatcher] * 4

@@ -243,9 +243,14 @@ def is_xnemo_model(model: comfy.model_patcher.ModelPatcher) -> bool:
 
 
 def make_patcher(module: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:
-    """Wrap an X-NeMo module so ComfyUI's model management loads, offloads and casts it."""
-    patcher_cls = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
-    return patcher_cls(
+    """Wrap an X-NeMo module so ComfyUI's model management loads, offloads and casts it.
+
+    Always the estimate-based ModelPatcher, also where ComfyUI 0.30.0 turns on dynamic VRAM (comfy-aimdo, NVIDIA) and
+    makes CoreModelPatcher its ModelPatcherDynamic: that one pages weights in through a CUDA virtual address range,
+    has no hook support, and has never run X-NeMo's injected sites or reference read (it needs a GPU to run at all).
+    The estimate-based patcher is what every test and the memory plan run, and core keeps it for models that opt out
+    (`disable_dynamic`), so X-NeMo opts out until a GPU run proves the dynamic one."""
+    return comfy.model_patcher.ModelPatcher(
         module,
         load_device=comfy.model_management.get_torch_device(),
         offload_device=comfy.model_management.unet_offload_device(),
