@@ -352,7 +352,8 @@ def run(args, off) -> None:
     from safetensors.torch import load_file, save_file
 
     torch.set_num_threads(args.threads)
-    device, dtype = torch.device(args.device), {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    device, dtype = torch.device(args.device), dtypes[args.dtype]
     if device.type == "cuda":
         SYNC.append(torch.cuda.synchronize)
     weights = Path(args.weights)

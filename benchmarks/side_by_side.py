@@ -248,7 +248,10 @@ def pack_worker(args) -> None:
     data = load_file(args.inputs)
     unet_timer = HookTimer(model.model.diffusion_model)
     if args.profile_out:
-        kinds = {"MotionCrossAttention": "xnemo:site motion cross-attention", "TemporalAttention": "xnemo:site temporal"}
+        kinds = {
+            "MotionCrossAttention": "xnemo:site motion cross-attention",
+            "TemporalAttention": "xnemo:site temporal",
+        }
         add_ranges(model.model.diffusion_model, lambda n, m: "xnemo:UNet call (all)" if n == "" else None)
         for sites in model.get_additional_models_with_key(conditioning.KEY):
             add_ranges(sites.model, lambda n, m: kinds.get(type(m).__name__))

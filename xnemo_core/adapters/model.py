@@ -92,7 +92,8 @@ def assign_weights(module: torch.nn.Module, sd: dict[str, torch.Tensor]) -> None
     """
     declared = module.state_dict()
     cast = {k: v.to(declared[k].dtype) if k in declared and v.dtype != declared[k].dtype else v for k, v in sd.items()}
-    module.load_state_dict(own_leftovers(cast, sd), strict=True, assign=True)  # the keys were checked (and named) before
+    # the keys were checked (and named) before
+    module.load_state_dict(own_leftovers(cast, sd), strict=True, assign=True)
 
 
 def build_denoising_model(unet_sd: dict, shape: ckpt.UNetShape, precision: Precision, name: str):
