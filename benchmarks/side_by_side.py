@@ -199,11 +199,10 @@ def profiled(path):
     lines.append(events.table(sort_by="self_cpu_time_total", row_limit=22, max_name_column_width=40))
     watch = ("aten::_to_copy", "aten::copy_", "aten::_slow_conv2d_forward", "aten::clone", "aten::contiguous")
     shaped = [e for e in prof.key_averages(group_by_input_shape=True) if e.key in watch]
-    shaped.sort(key=lambda e: -e.self_cpu_time_total)
-    lines.append("copies and slow convolutions by input shape (self CPU ms, calls, shapes):")
+    shaped.sort(key=lambda e: -e.cpu_time_total)
+    lines.append("casts, copies and slow convolutions by input shape (CPU total ms, calls, shapes):")
     lines += [
-        f"  {e.key:<28} {e.self_cpu_time_total / 1e3:9.1f} {e.count:6d}  {str(e.input_shapes)[:150]}"
-        for e in shaped[:14]
+        f"  {e.key:<28} {e.cpu_time_total / 1e3:9.1f} {e.count:6d}  {str(e.input_shapes)[:150]}" for e in shaped[:20]
     ]
     Path(path).write_text("\n".join(lines) + "\n")
 
