@@ -401,6 +401,8 @@ def run(args, off) -> None:
     original_update = control.update
 
     def timed_update(self, *a, **k):
+        if dtype == torch.bfloat16:  # the official bank is always fp16, which a bf16 UNet cannot concatenate
+            k.setdefault("dtype", dtype)
         t0 = tic()
         try:
             return original_update(self, *a, **k)
