@@ -228,6 +228,53 @@ def add(a: list[float], b: list[float]) -> list[float]:
     return [a[0] + b[0], a[1] + b[1]]
 
 
+def add_ranges(module, label) -> None:
+    """Profiler ranges around the submodules that `label(name, module)` names (None: no range), so a profile gives
+    the time per site kind (motion cross-attention, temporal attention, ...), not only per op."""
+    from torch.autograd.profiler import record_function
+
+    for name, sub in module.named_modules():
+        tag = label(name, sub)
+        if tag is None:
+            continue
+
+        def pre(mod, args, tag=tag):
+            mod._bench_range = record_function(tag)
+            mod._bench_range.__enter__()
+
+        def post(mod, args, output):
+            mod._bench_range.__exit__(None, None, None)
+
+        sub.register_forward_pre_hook(pre)
+        sub.register_forward_hook(post)
+
+
+@contextlib.contextmanager
+def profiled(path):
+    """torch.profiler over the block when `path` is given; writes the ranges and the top ops by self CPU time, and
+    the copies and convolutions by input shape (where casts and off-mkldnn convolutions show)."""
+    if not path:
+        yield
+        return
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        yield
+    events = prof.key_averages()
+    ranges = sorted((e for e in events if e.key.startswith("xnemo:")), key=lambda e: e.key)
+    lines = ["ranges (CPU total ms, calls):"]
+    lines += [f"  {e.key:<40} {e.cpu_time_total / 1e3:10.1f} {e.count:6d}" for e in ranges]
+    lines.append(events.table(sort_by="self_cpu_time_total", row_limit=22, max_name_column_width=40))
+    watch = ("aten::_to_copy", "aten::copy_", "aten::_slow_conv2d_forward", "aten::clone", "aten::contiguous")
+    shaped = [e for e in prof.key_averages(group_by_input_shape=True) if e.key in watch]
+    shaped.sort(key=lambda e: -e.cpu_time_total)
+    lines.append("casts, copies and slow convolutions by input shape (CPU total ms, calls, shapes):")
+    lines += [
+        f"  {e.key:<28} {e.cpu_time_total / 1e3:9.1f} {e.count:6d}  {str(e.input_shapes)[:150]}" for e in shaped[:20]
+    ]
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
 class Timer:
     """Forward-hook stopwatch for one module: total [wall, cpu] seconds, calls, and per-call (label, [wall, cpu])."""
 
@@ -304,7 +351,8 @@ def run(args, off) -> None:
     from safetensors.torch import load_file, save_file
 
     torch.set_num_threads(args.threads)
-    device, dtype = torch.device(args.device), {"fp32": torch.float32, "fp16": torch.float16}[args.dtype]
+    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    device, dtype = torch.device(args.device), dtypes[args.dtype]
     if device.type == "cuda":
         SYNC.append(torch.cuda.synchronize)
     weights = Path(args.weights)
@@ -335,6 +383,16 @@ def run(args, off) -> None:
     pipe.set_progress_bar_config(disable=True)
     pipe.decode_latents_svd = lambda latents, *a, **k: latents.detach().cpu().float().numpy()
 
+    if args.profile_out:
+
+        def site(name, module):
+            if type(module).__name__ != "VanillaTemporalModule":
+                return None
+            return "xnemo:site motion cross-attention" if "motion_modules" in name else "xnemo:site temporal"
+
+        add_ranges(denoising, lambda n, m: "xnemo:UNet call (all)" if n == "" else site(n, m))
+        add_ranges(reference, lambda n, m: "xnemo:reference UNet" if n == "" else None)
+        add_ranges(motion, lambda n, m: "xnemo:motion encoder" if n == "" else None)
     motion_t = Timer(motion)
     reference_t = Timer(reference)
     unet_t = Timer(denoising, label=lambda a, k: int(a[1]) if len(a) > 1 else int(k["timestep"]))
@@ -343,6 +401,8 @@ def run(args, off) -> None:
     original_update = control.update
 
     def timed_update(self, *a, **k):
+        if dtype == torch.bfloat16:  # the official bank is always fp16, which a bf16 UNet cannot concatenate
+            k.setdefault("dtype", dtype)
         t0 = tic()
         try:
             return original_update(self, *a, **k)
@@ -401,12 +461,13 @@ def run(args, off) -> None:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         t0 = tic()
-        video = call(
-            args.frames,
-            args.steps,
-            data["noise"][:, :, : args.frames].contiguous(),
-            data["offsets"][: args.steps].tolist(),
-        )
+        with profiled(args.profile_out):
+            video = call(
+                args.frames,
+                args.steps,
+                data["noise"][:, :, : args.frames].contiguous(),
+                data["offsets"][: args.steps].tolist(),
+            )
         total = toc(t0)
         peak = peak_bytes()
         gpu_peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
@@ -472,9 +533,10 @@ def main(argv=None):
     r.add_argument("--context-frames", type=int, default=24)
     r.add_argument("--context-overlap", type=int, default=4)
     r.add_argument("--device", default="cpu", help="cpu or cuda")
-    r.add_argument("--dtype", default="fp32", choices=["fp32", "fp16"])
+    r.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     r.add_argument("--report", required=True)
     r.add_argument("--latents-out", required=True)
+    r.add_argument("--profile-out", help="torch.profiler summary of the timed call to this file")
     args = p.parse_args(argv)
     if not args.official_dir:
         raise SystemExit("give --official-dir or set XNEMO_OFFICIAL_DIR (see benchmarks/setup_official.sh)")

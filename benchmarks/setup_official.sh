@@ -6,10 +6,13 @@
 #   <dir>/            the official code at commit acaa1d0 (bytedance/x-nemo-inference), exported with `git archive`
 #   <dir>/venv/       its own Python 3.11 venv with the versions the official code works with on CPU
 #   <dir>/weights/    tiny random weights in the official file format, made with the official classes
+#   <dir>/weights-official-size/   with --official-size only: random weights of the official shapes (UNet 320 x
+#                     (1, 2, 4, 4), motion-encoder attention 8 x 128), about 5.2 GB of fp16 .pth; writing them needs
+#                     about 11 GB of RAM for a few minutes (side_by_side.py --preset official-size uses them)
 #   <dir>/COMMIT      the commit the code came from
 #
 # Usage:
-#   bash benchmarks/setup_official.sh [GIT_DIR]
+#   bash benchmarks/setup_official.sh [--official-size] [GIT_DIR]
 # GIT_DIR: a clone (or bare mirror) of bytedance/x-nemo-inference that contains commit acaa1d0. Without it the script
 # clones the repository from GitHub into <dir>/.src. Idempotent: finished parts are kept.
 #
@@ -24,6 +27,8 @@ PYTHON="${PYTHON:-python3.11}"
 read -r -a CH <<< "${BENCH_CHANNELS:-32 1 2 2 2}"
 FIXTURE="${XNEMO_FIXTURE_DIR:-$ROOT/../shared/fixtures/xnemo_tiny}"
 log() { printf '[setup_official] %s\n' "$*"; }
+OFFICIAL_SIZE=0
+if [ "${1:-}" = "--official-size" ]; then OFFICIAL_SIZE=1; shift; fi
 
 mkdir -p "$DIR"
 # 1. the official code ------------------------------------------------------------------------------------------
@@ -34,7 +39,7 @@ if [ ! -f "$DIR/src/pipelines/pipeline_pose2vid_motenc_long.py" ]; then
     [ -d "$GIT_DIR_IN" ] || git clone --quiet https://github.com/bytedance/x-nemo-inference "$GIT_DIR_IN"
   fi
   log "exporting $COMMIT from $GIT_DIR_IN"
-  git --git-dir="$(git -C "$GIT_DIR_IN" rev-parse --git-dir 2>/dev/null || echo "$GIT_DIR_IN")" archive "$COMMIT" \
+  git --git-dir="$(git -C "$GIT_DIR_IN" rev-parse --absolute-git-dir 2>/dev/null || echo "$GIT_DIR_IN")" archive "$COMMIT" \
     | tar -x -C "$DIR"
 fi
 echo "$COMMIT" > "$DIR/COMMIT"
@@ -57,5 +62,11 @@ if [ ! -f "$DIR/weights/bench_config.json" ]; then
   log "writing tiny official-format weights to $DIR/weights (UNet ${CH[0]} x (${CH[*]:1}))"
   "$DIR/venv/bin/python" "$ROOT/benchmarks/official_worker.py" --official-dir "$DIR" make-weights "$DIR/weights" \
     --base-config "$FIXTURE/config.json" --channels "${CH[0]}" --channel-mult "${CH[@]:1}"
+fi
+if [ "$OFFICIAL_SIZE" = 1 ] && [ ! -f "$DIR/weights-official-size/bench_config.json" ]; then
+  log "writing official-size weights to $DIR/weights-official-size (UNet 320 x (1 2 4 4), about 5.2 GB)"
+  "$DIR/venv/bin/python" "$ROOT/benchmarks/official_worker.py" --official-dir "$DIR" make-weights \
+    "$DIR/weights-official-size" --base-config "$FIXTURE/config.json" --channels 320 --channel-mult 1 2 4 4 \
+    --motion-heads 8 --motion-head-dim 128
 fi
 log "ready: $DIR (run .venv/bin/python benchmarks/side_by_side.py; set XNEMO_OFFICIAL_DIR=$DIR if not the default)"

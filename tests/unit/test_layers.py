@@ -100,3 +100,17 @@ def test_site_is_motion_then_temporal_and_keeps_the_shape():
 def test_sites_follow_the_channel_list():
     sites = XNeMoSites([32, 32, 64], heads=8)
     assert [s.motion.temporal_transformer.proj_in.in_features for s in sites.sites] == [32, 32, 64]
+
+
+def test_site_hands_the_unet_a_contiguous_tensor():
+    """Issue 21: a channels-last site output made every later convolution of the block re-lay its weight out per
+    call. The values are the same as `h + x`."""
+    site = random_site()
+    x, tokens = torch.randn(4, 32, 4, 4), torch.randn(4, 32, 16)
+    out = site(x, tokens, frames=4)
+    assert out.is_contiguous()
+    assert out.stride() == x.stride()
+    with torch.no_grad():
+        fast = site(x, tokens, frames=4)
+    assert fast.is_contiguous()
+    assert torch.equal(fast, out)

@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from xnemo_pack.xnemo_core.pure.errors import CheckpointError
-from xnemo_pack.xnemo_core.pure.motion_encoder import MotionEncoder, MotionFusion, attention_heads_for_width
+from xnemo_pack.xnemo_core.pure.motion_encoder import (
+    MotionEncoder,
+    MotionFusion,
+    attention_heads_for_width,
+    own_leftovers,
+)
 
 
 def tiny_config(**overrides) -> dict:
@@ -152,3 +157,23 @@ def test_attention_goes_through_the_injected_function():
     counted = MotionEncoder.from_state_dict(state, attention_fn=counting_attention)
     assert torch.equal(counted(crops, f_rts), plain(crops, f_rts))
     assert calls == [torch.Size([1, 2, 784, 16])] * 3  # att_1, att_2, att_3: [N, heads, tokens, head_dim]
+
+
+def test_own_leftovers_copies_only_what_a_converting_load_kept():
+    """Issue 21: one tensor left as a view of a memory-mapped file keeps the whole file resident."""
+    source = {"w": torch.ones(3, dtype=torch.float16), "pe": torch.zeros(2), "n": torch.tensor(4)}
+    cast = {"w": source["w"].float(), "pe": source["pe"], "n": source["n"]}
+    owned = own_leftovers(cast, source)
+    assert owned["w"] is cast["w"]
+    for k in ("pe", "n"):
+        assert torch.equal(owned[k], source[k])
+        assert owned[k].untyped_storage().data_ptr() != source[k].untyped_storage().data_ptr()
+    assert own_leftovers(dict(source), source) == source  # nothing converted: the mapped tensors are the weights
+    assert all(own_leftovers(dict(source), source)[k] is v for k, v in source.items())
+
+
+def test_from_state_dict_keeps_no_view_of_a_converted_checkpoint():
+    sd = {k: v.half() if v.is_floating_point() else v for k, v in tiny_encoder().state_dict().items()}
+    encoder = MotionEncoder.from_state_dict(sd, dtype=torch.float32)
+    ptrs = {v.untyped_storage().data_ptr() for v in sd.values()}
+    assert not ptrs & {t.untyped_storage().data_ptr() for t in (*encoder.parameters(), *encoder.buffers())}

@@ -22,7 +22,7 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
 from ..pure.errors import CheckpointError
 from ..pure.layers import XNeMoSites
-from ..pure.motion_encoder import MotionEncoder
+from ..pure.motion_encoder import MotionEncoder, own_leftovers
 from . import checkpoint as ckpt
 from .unet_patch import apply_xnemo, make_patcher
 
@@ -92,7 +92,8 @@ def assign_weights(module: torch.nn.Module, sd: dict[str, torch.Tensor]) -> None
     """
     declared = module.state_dict()
     cast = {k: v.to(declared[k].dtype) if k in declared and v.dtype != declared[k].dtype else v for k, v in sd.items()}
-    module.load_state_dict(cast, strict=True, assign=True)  # the keys were checked (and named) before
+    # the keys were checked (and named) before
+    module.load_state_dict(own_leftovers(cast, sd), strict=True, assign=True)
 
 
 def build_denoising_model(unet_sd: dict, shape: ckpt.UNetShape, precision: Precision, name: str):

@@ -226,7 +226,12 @@ class TemporalAttention(nn.Module):
         h = rearrange(h, "(b d) f c -> (b f) d c", d=height * width)
         h = t.proj_out(h)
         h = h.reshape(rows, height, width, channels).permute(0, 3, 1, 2)
-        return h + x
+        # The site's output goes back to the UNet contiguous: `h + x` would be channels-last (h's layout), which
+        # GroupNorm and SiLU keep, so every later convolution of the block re-laid its weight out per call (issue 21).
+        # Inference writes the sum straight into a contiguous tensor (out= has no autograd).
+        if torch.is_grad_enabled():
+            return (h + x).contiguous()
+        return torch.add(h, x, out=torch.empty_like(x, memory_format=torch.contiguous_format))
 
 
 class XNeMoSite(nn.Module):

@@ -385,6 +385,17 @@ class MotionFusion(_MotionFusionLayers):
         return self.fuse(face_features, f_rts)
 
 
+def own_leftovers(cast: dict[str, Tensor], source: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Copy the tensors a converting load kept as they were (`cast[k] is source[k]`: sin-cos tables, counters).
+
+    They are views of a memory-mapped checkpoint, and one view keeps the whole file mapped and resident for the
+    model's life: about 1 GB next to the converted weights for the official fp16 temporal file loaded as fp32 (issue
+    21). When nothing was converted the mapped file is the weights, and everything stays as it is."""
+    if all(v is source[k] for k, v in cast.items()):
+        return cast
+    return {k: v.clone() if v is source[k] else v for k, v in cast.items()}
+
+
 class MotionEncoder(_MotionFusionLayers):
     """X-NeMo's 1-D latent motion descriptor (official `MotEncoder_withExtra`): face crop + f_rts -> motion tokens.
 
@@ -466,7 +477,7 @@ class MotionEncoder(_MotionFusionLayers):
             keep = dtype is None or not value.is_floating_point() or key == "pe"
             return value.to(declared[key].dtype if keep else dtype)
 
-        module.load_state_dict({k: cast(k, v) for k, v in sd.items()}, strict=True, assign=True)
+        module.load_state_dict(own_leftovers({k: cast(k, v) for k, v in sd.items()}, sd), strict=True, assign=True)
         if device is not None:
             module.to(device)
         return module.eval().requires_grad_(False)
