@@ -143,7 +143,7 @@ def test_published_archive(tmp_path):
     names = set(zipfile.ZipFile(kept).namelist())
 
     tracked = set(
-        subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+        subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.splitlines()
     )
     wanted = {
         "__init__.py",
