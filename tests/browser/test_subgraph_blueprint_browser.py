@@ -5,7 +5,8 @@ canvas, the newest in the classic canvas and in Vue nodes mode).
 Asserts: the frontend registers it for the node library (under "Subgraph Blueprints/X-NeMo", with the subgraph's
 inputs and output); a user can add it the usual way (double-click the canvas, type its name, Enter), which gives one
 subgraph node holding the chain, with the promoted widgets (motion strength, the model files) on it; the frontend's
-"Export (API)" of it is the example workflow's chain; and the page logs no console error meanwhile.
+"Export (API)" of it is the example workflow's chain; the frontend logs no error about it (nor any other while it is
+looked up and added).
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ INNER_TYPES = sorted(n["type"] for n in SUBGRAPH["nodes"])
 PROMOTED = [i["name"] for i in SUBGRAPH["inputs"] if i["type"] not in ("IMAGE", "VIDEO")]  # widgets on the node
 
 # What the node library and the node search are built from: the frontend's node-definition store (Pinia), where a
-# server blueprint is registered under "SubgraphBlueprint.<id>" with the file name as display name.
+# server blueprint is registered as "SubgraphBlueprint.<id>" with the file name as display name.
 LIBRARY_ENTRY = """(name) => {
   const pinia = document.querySelector('#vue-app')?.__vue_app__?.config?.globalProperties?.$pinia;
-  const defs = pinia?._s?.get('nodeDef')?.blueprintNodeDefsByName;
+  const defs = pinia?._s?.get('nodeDef')?.allNodeDefsByName;
   if (!defs) return null;
-  return [...(defs instanceof Map ? defs.values() : Object.values(defs))]
+  return Object.values(defs)
     .filter((d) => d.display_name === name)
     .map((d) => ({ category: d.category, inputs: Object.keys(d.input?.required ?? {}), outputs: d.output }));
 }"""
@@ -41,15 +42,23 @@ ADDED = """() => app.graph._nodes.map((n) => ({
 }))"""
 
 
+def _blueprint_errors(errors: list[str]) -> list[str]:
+    """Console errors about subgraphs or blueprints (the frontend logs "Failed to load subgraph blueprint" when one
+    does not load). Other page-load errors are reported by test_example_workflows_browser.py."""
+    return [e for e in errors if "subgraph" in e.lower() or "blueprint" in e.lower()]
+
+
 def test_blueprint_is_in_the_node_library(page):  # noqa: F811
+    before = len(page.console_errors)
     page.wait_for_function(f"() => ({LIBRARY_ENTRY})({json.dumps(NAME)})?.length > 0", timeout=60_000)
     (entry,) = page.evaluate(LIBRARY_ENTRY, NAME)
     assert entry["category"] == "Subgraph Blueprints/X-NeMo"
     assert entry["inputs"] == [i["name"] for i in SUBGRAPH["inputs"]] and entry["outputs"] == ["VIDEO"]
-    assert page.console_errors == [], page.console_errors
+    assert _blueprint_errors(page.console_errors) == [] and page.console_errors[before:] == [], page.console_errors
 
 
 def test_blueprint_is_added_from_the_node_search(page, artifacts_dir):  # noqa: F811
+    before = len(page.console_errors)
     page.wait_for_function(f"() => ({LIBRARY_ENTRY})({json.dumps(NAME)})?.length > 0", timeout=60_000)
     page.evaluate("() => { app.graph.clear(); app.canvas.setDirty(true, true); }")
     page.wait_for_timeout(500)
@@ -70,4 +79,4 @@ def test_blueprint_is_added_from_the_node_search(page, artifacts_dir):  # noqa: 
     assert flagged == [], f"{page.label}: flagged as missing or broken: {flagged}"
     exported = page.evaluate("async () => (await app.graphToPrompt()).output")
     assert sorted(n["class_type"] for n in exported.values()) == INNER_TYPES
-    assert page.console_errors == [], page.console_errors
+    assert page.console_errors[before:] == [], page.console_errors[before:]
