@@ -77,6 +77,13 @@ def test_blueprint_is_added_from_the_node_search(page, artifacts_dir):  # noqa: 
     assert PROMOTED and all(name in node["widgets"] for name in PROMOTED), (PROMOTED, node["widgets"])
     flagged = page.evaluate("() => app.graph._nodes.filter((n) => n.has_errors).map((n) => n.type)")
     assert flagged == [], f"{page.label}: flagged as missing or broken: {flagged}"
+    # Encode Motion's core face-track inputs are sockets (forceInput), not the frontend's BOUNDING_BOX drawing widget.
+    encode = page.evaluate(
+        """() => { const m = app.graph._nodes[0].subgraph.nodes.find((n) => n.type === 'XNeMoEncodeMotion');
+                   return { inputs: m.inputs.map((i) => i.name), widgets: (m.widgets ?? []).map((w) => w.name) }; }"""
+    )
+    assert {"face_landmarks", "face_boxes"} <= set(encode["inputs"]), encode
+    assert not {"face_landmarks", "face_boxes"} & set(encode["widgets"]), encode
     exported = page.evaluate("async () => (await app.graphToPrompt()).output")
     assert sorted(n["class_type"] for n in exported.values()) == INNER_TYPES
     assert page.console_errors[before:] == [], page.console_errors[before:]
