@@ -42,6 +42,18 @@ ADDED = """() => app.graph._nodes.map((n) => ({
 }))"""
 
 
+CHECKED_FROM = (1, 47)  # frontends whose node-definition store holds server blueprints (1.47.12, 1.58.1 checked)
+
+
+def _skip_older_frontends(page) -> None:  # noqa: F811
+    version = tuple(int(v) for v in page.frontend.version.split(".")[:2])
+    if version < CHECKED_FROM:
+        pytest.skip(
+            f"frontend {page.frontend.version} (0.3.75's pin) loads server blueprints into its own subgraph store, "
+            "which this test does not read; the server's listing on 0.3.75 is tested in tests/server"
+        )
+
+
 def _blueprint_errors(errors: list[str]) -> list[str]:
     """Console errors about subgraphs or blueprints (the frontend logs "Failed to load subgraph blueprint" when one
     does not load). Other page-load errors are reported by test_example_workflows_browser.py."""
@@ -49,6 +61,7 @@ def _blueprint_errors(errors: list[str]) -> list[str]:
 
 
 def test_blueprint_is_in_the_node_library(page):  # noqa: F811
+    _skip_older_frontends(page)
     before = len(page.console_errors)
     page.wait_for_function(f"() => ({LIBRARY_ENTRY})({json.dumps(NAME)})?.length > 0", timeout=60_000)
     (entry,) = page.evaluate(LIBRARY_ENTRY, NAME)
@@ -58,6 +71,7 @@ def test_blueprint_is_in_the_node_library(page):  # noqa: F811
 
 
 def test_blueprint_is_added_from_the_node_search(page, artifacts_dir):  # noqa: F811
+    _skip_older_frontends(page)
     before = len(page.console_errors)
     page.wait_for_function(f"() => ({LIBRARY_ENTRY})({json.dumps(NAME)})?.length > 0", timeout=60_000)
     page.evaluate("() => { app.graph.clear(); app.canvas.setDirty(true, true); }")
