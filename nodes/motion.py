@@ -7,10 +7,15 @@ import torch
 from comfy_api.latest import io
 
 from ..xnemo_core.pipeline import FaceOptions, encode_motion
-from ..xnemo_core.pure import face_crop, face_track
+from ..xnemo_core.pure import core_faces, face_crop, face_track
 from ..xnemo_core.pure.constants import DEFAULT_CROP_SCALE, DEFAULT_SMOOTHING_SIGMA
 from .checks import check_named
-from .types import CATEGORY, XNeMo, XNeMoMotion
+from .types import CATEGORY, SOCKET_ONLY, CoreBoundingBox, CoreFaceLandmarks, XNeMo, XNeMoMotion
+
+CORE_TRACK_NOTE = (
+    "Replaces the detector on the driving frames (face_index/face_order and missing_face still apply). Core's "
+    "boxes are the extent of its face-mesh landmarks, not BlazeFace's box, so the crops differ from the official."
+)
 
 
 def face_inputs() -> list:
@@ -102,6 +107,20 @@ class XNeMoEncodeMotion(io.ComfyNode):
                 io.Image.Input(
                     "reference", optional=True, tooltip="The reference portrait; needed only for f_rts_mode 'relative'."
                 ),
+                CoreFaceLandmarks.Input(
+                    "face_landmarks",
+                    optional=True,
+                    extra_dict=SOCKET_ONLY,
+                    tooltip="Optional face track from core's Detect Face Landmarks (MediaPipe), ComfyUI 0.30+, run on "
+                    "the same frames. " + CORE_TRACK_NOTE,
+                ),
+                CoreBoundingBox.Input(
+                    "face_boxes",
+                    optional=True,
+                    extra_dict=SOCKET_ONLY,
+                    tooltip="Optional face boxes per frame (BOUNDING_BOX, e.g. the bboxes output of core's Detect "
+                    "Face Landmarks (MediaPipe)), pixels of the same frames. " + CORE_TRACK_NOTE,
+                ),
             ],
             outputs=[
                 XNeMoMotion.Output(
@@ -144,6 +163,8 @@ class XNeMoEncodeMotion(io.ComfyNode):
         f_rts_mode: str,
         fps: float = 0.0,
         reference: torch.Tensor | None = None,
+        face_landmarks: dict | None = None,
+        face_boxes: list | None = None,
     ) -> io.NodeOutput:
         if images.ndim != 4 or images.shape[0] == 0:
             raise ValueError(
@@ -159,6 +180,7 @@ class XNeMoEncodeMotion(io.ComfyNode):
             missing_face=missing_face,
             f_rts_mode=f_rts_mode,
         )
+        given = core_faces.given_track(face_landmarks, face_boxes, images.shape[1], images.shape[2])
         bar = comfy.utils.ProgressBar(2 * images.shape[0])
         motion, preview = encode_motion(
             xnemo,
@@ -167,6 +189,7 @@ class XNeMoEncodeMotion(io.ComfyNode):
             fps or None,
             reference,
             progress=lambda done, total: bar.update_absolute(done, total),
+            given_faces=given,
         )
         return io.NodeOutput(motion, preview)
 

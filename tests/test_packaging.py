@@ -143,7 +143,7 @@ def test_published_archive(tmp_path):
     names = set(zipfile.ZipFile(kept).namelist())
 
     tracked = set(
-        subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+        subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.splitlines()
     )
     wanted = {
         "__init__.py",
@@ -156,8 +156,13 @@ def test_published_archive(tmp_path):
         "xnemo_core/__init__.py",
         "scripts/convert_to_safetensors.py",
     }
-    wanted |= {p for p in tracked if p.startswith(("web/", "docs/", "example_workflows/", "nodes/", "xnemo_core/"))}
+    wanted |= {
+        p
+        for p in tracked
+        if p.startswith(("web/", "docs/", "example_workflows/", "subgraphs/", "nodes/", "xnemo_core/"))
+    }
     assert {p for p in wanted if p.startswith("example_workflows/api/")}, "no API twins tracked?"
+    assert {p for p in wanted if p.startswith("subgraphs/")}, "no subgraph blueprint tracked?"
     assert not wanted - names, f"missing from the archive: {sorted(wanted - names)}"
     for image in re.findall(r"\]\((docs/images/[^)]+)\)", (ROOT / "README.md").read_text()):
         assert image in names, f"the README shows {image} but the archive lacks it"

@@ -12,6 +12,7 @@ pure/ (torch, numpy, OpenCV; never imports ComfyUI or anything outside pure/)
     motion_ops      interpolation, re-timing and strength of motion
     motion_file     XNEMO_MOTION to and from a versioned .safetensors file (Save / Load Motion)
     face_track      face detection (BlazeFace default, Haar) and tracking, face choice, missing-face policies, preview
+    core_faces      face tracks of core's MediaPipe nodes (FACE_LANDMARKS, BOUNDING_BOX) as detections to follow
     face_crop       official crop geometry and resize filters, reference and CLIP crops, f_rts
     blazeface       MediaPipe's FaceDetector (BlazeFace short range) in torch, batched
     tflite          a small TensorFlow Lite file reader (tensors, operators, buffers)

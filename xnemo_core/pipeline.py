@@ -61,8 +61,12 @@ def encode_motion(
     fps: float | None = None,
     reference: torch.Tensor | None = None,
     progress: Progress | None = None,
+    given_faces: face_track.FaceDetector | None = None,
 ):
-    """Driving IMAGE batch [F, H, W, 3] -> (MotionSequence, track preview IMAGE)."""
+    """Driving IMAGE batch [F, H, W, 3] -> (MotionSequence, track preview IMAGE).
+
+    `given_faces`: detections made elsewhere (a core face track, `pure/core_faces`) used instead of the detector;
+    face choice, following and the missing-face policy stay the same."""
     frames = face_track.as_rgb(frames)
     n = frames.shape[0]
     total = 2 * n
@@ -71,7 +75,7 @@ def encode_motion(
         if progress is not None:
             progress(min(done, n), total)
 
-    detector = face_detector(options.detector)
+    detector = given_faces if given_faces is not None else face_detector(options.detector)
     track = face_track.track_face(
         frames, detector, options.face_index, options.face_order, options.missing_face, tracked
     )
