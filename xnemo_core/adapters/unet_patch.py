@@ -28,7 +28,14 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock, SpatialTran
 from ..pure.constants import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS, PATCH_KEY
 from ..pure.errors import IncompatibleModelError
 from ..pure.layers import XNeMoSite, sdpa_attention
-from .reference_bank import ReferenceAttention, ReferenceAttentionPatch, ReferenceBank
+from .reference_bank import (
+    ReferenceAttention,
+    ReferenceAttentionPatch,
+    ReferenceBank,
+    banks_in,
+    note_weights_patched,
+    weights_generation,
+)
 
 KEY = PATCH_KEY
 MOTION_COND = "xnemo_motion"  # CONDRegular [F, 32, 16]: motion tokens per frame
@@ -57,6 +64,7 @@ class CallState:
     frames: int  # frames per chunk (temporal attention runs over these)
     unet: torch.nn.Module | None = None  # the UNetModel being run (finds each block's attn1)
     replace_patched: bool = False  # an attn1 replace patch is active: read the bank the concatenating way
+    weights_generation: int = 0  # reference_bank.weights_generation of `unet` when the call started
     pending: object = None  # reference_bank.ReferenceRead handed from the attn1 patch to attention
     segments: list = field(default_factory=list)  # (start, stop, reads reference) runs of rows
 
@@ -157,13 +165,15 @@ def diffusion_model_wrapper(executor, x, timesteps, context, y, control, transfo
         _check_window(frame_ids, transformer_options, rows // chunks)
         flags = torch.zeros(rows, dtype=torch.bool, device=x.device) if use_ref is None else use_ref.reshape(rows) > 0.5
         replaced = bool(transformer_options.get("patches_replace", {}).get("attn1"))
+        unet = getattr(executor, "class_obj", None)
         state = CallState(
             motion=motion,
             use_reference=flags,
             bank=bank,
             frames=rows // chunks,
-            unet=getattr(executor, "class_obj", None),
+            unet=unet,
             replace_patched=replaced,
+            weights_generation=weights_generation(unet),
         )
         transformer_options = {**transformer_options, KEY: state}
     previous = transformer_options.get("optimized_attention_override")
@@ -207,6 +217,20 @@ def refuse_core_context_windows(executor, *args, **kwargs):
     return executor(*args, **kwargs)
 
 
+def release_banks_after_run(executor, *args, **kwargs):
+    """OUTER_SAMPLE wrapper: the reference banks' device copies and projected keys/values live for one sampling run.
+    They are outside ComfyUI's memory accounting, and the weights they were projected with may be patched in place
+    before the next run (a LoRA applied by ModelPatcher, hook keyframes), so they are dropped when the run ends."""
+    banks = banks_in(getattr(executor.class_obj, "conds", None))
+    for bank in banks:
+        bank.release()  # weights may have changed since any earlier run
+    try:
+        return executor(*args, **kwargs)
+    finally:
+        for bank in banks:
+            bank.release()
+
+
 def apply_xnemo(
     model: comfy.model_patcher.ModelPatcher, sites_patcher: comfy.model_patcher.ModelPatcher
 ) -> comfy.model_patcher.ModelPatcher:
@@ -221,6 +245,9 @@ def apply_xnemo(
     model.set_model_attn1_patch(ReferenceAttentionPatch())
     model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, KEY, diffusion_model_wrapper)
     model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KEY, refuse_core_context_windows)
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KEY, release_banks_after_run)
+    for moment in (comfy.patcher_extension.CallbacksMP.ON_LOAD, comfy.patcher_extension.CallbacksMP.ON_APPLY_HOOKS):
+        model.add_callback_with_key(moment, KEY, note_weights_patched)
     model.add_object_patch("model_sampling", XNeMoModelSampling())
     return model
 
