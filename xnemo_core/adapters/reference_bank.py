@@ -184,11 +184,29 @@ def attn1_modules(unet: torch.nn.Module) -> dict[tuple, torch.nn.Module]:
 
 @dataclass
 class ReferenceRead:
-    """What the attn1 patch hands to the attention call right after it: which block reads which bank entry."""
+    """What the attn1 patch hands to the attention call right after it: the reference keys/values of this block."""
 
     key: tuple
-    attn: torch.nn.Module
+    keys_values: tuple[torch.Tensor, torch.Tensor]  # attn1's to_k/to_v of the bank entry, [1, H*W, inner]
     tokens: int  # query tokens of this block (a check that the call is this block's attn1)
+
+
+def prepare_reads(state, device, dtype) -> None:
+    """Host side, once per UNet call (before any compiled code): every bank entry this call reads, projected by its
+    block's attn1 (`state.projections`), or cast for the concatenating read under a replace patch
+    (`state.references`). Inside the UNet the reader then only looks tensors up: no cache keys, no data-dependent
+    Python, so torch.compile traces the blocks without breaking the graph."""
+    if state.bank is None or not state.reads_reference:
+        return
+    if state.replace_patched:
+        state.references = {key: state.bank.get(key, device, dtype) for key in state.bank.blocks}
+        return
+    modules = {} if state.unet is None else attn1_modules(state.unet)
+    state.projections = {
+        key: state.bank.projected(key, attn, device, dtype, state.weights_generation)
+        for key, attn in modules.items()
+        if key in state.bank.blocks
+    }
 
 
 class ReferenceAttentionPatch:
@@ -218,11 +236,18 @@ class ReferenceAttentionPatch:
                 f"but the latent being sampled has another size: use the LATENT from X-NeMo Reference Condition, or "
                 f"set its width/height to the size you sample at"
             )
-        attn = None if state.unet is None else attn1_modules(state.unet).get(key)
-        if attn is not None and not state.replace_patched:
-            state.pending = ReferenceRead(key, attn, n.shape[1])
-            return n, context_attn1, value_attn1
-        ref = state.bank.get(key, n.device, n.dtype)
+        if not state.replace_patched:
+            keys_values = state.projections.get(key)
+            if keys_values is None and state.unet is not None:  # not prepared (a direct call): project now
+                attn = attn1_modules(state.unet).get(key)
+                if attn is not None:
+                    keys_values = state.bank.projected(key, attn, n.device, n.dtype, state.weights_generation)
+            if keys_values is not None:
+                state.pending = ReferenceRead(key, keys_values, n.shape[1])
+                return n, context_attn1, value_attn1
+        ref = state.references.get(key)
+        if ref is None:
+            ref = state.bank.get(key, n.device, n.dtype)
         flags = state.use_reference.to(n.device).view(-1, 1, 1)
         keys = context_attn1 if context_attn1 is not None else n
         values = value_attn1 if value_attn1 is not None else keys
@@ -295,7 +320,7 @@ class ReferenceAttention:
                 "pre-shaped heads): another custom node patches attn1 in a way X-NeMo's "
                 "reference read does not support; disable it for X-NeMo models"
             )
-        k_ref, v_ref = state.bank.projected(read.key, read.attn, q.device, q.dtype, state.weights_generation)
+        k_ref, v_ref = (t.to(device=q.device, dtype=q.dtype) for t in read.keys_values)
         outs = []
         for start, stop, reads in state.segments:
             qs, ks, vs = q[start:stop], k[start:stop], v[start:stop]
