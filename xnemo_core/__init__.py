@@ -21,7 +21,7 @@ pure/ (torch, numpy, OpenCV; never imports ComfyUI or anything outside pure/)
     svd_vae_keys    Stable Video Diffusion VAE: diffusers key names -> ComfyUI's temporal-decoder layout
 
 adapters/ (ComfyUI side: may import pure/ and comfy, never pipeline or nodes)
-    face_model      the BlazeFace model file and the device the detector runs on
+    face_model      the BlazeFace model file, the device the detector runs on, its memory asked of ComfyUI
     checkpoint      the four official files: safe reading, identification, key mapping
     model           build the denoising MODEL and the XNEMO bundle as ComfyUI models
     unet_patch      sites injected into ComfyUI's UNet, conditioning routing, X-NeMo schedule

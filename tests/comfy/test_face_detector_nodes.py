@@ -81,3 +81,19 @@ def test_missing_model_file_says_where_to_put_it(monkeypatch, tmp_path):
     monkeypatch.setattr(face_model.folder_paths, "get_full_path", lambda folder, name: str(found))
     with pytest.raises(blazeface.BlazeFaceModelError, match=r"is not the official blaze_face_short_range.tflite"):
         face_model.face_detector("blazeface")
+
+
+def test_blazeface_asks_comfyui_for_its_memory_before_each_batch(monkeypatch, portrait):
+    """Each batch first asks ComfyUI's memory manager (free_memory on the detector's device) for what it needs."""
+    import comfy.model_management as mm
+
+    asked = []
+    monkeypatch.setattr(mm, "free_memory", lambda nbytes, device, *a, **k: asked.append((nbytes, device)))
+    detector = face_model.face_detector("blazeface")
+    frames = portrait.expand(3, -1, -1, -1)
+    detector.batch_size = 2
+    found = detector.detect_batch(frames)
+    assert len(found) == 3 and all(found)  # the portrait's face, in every frame
+    blaze = detector._blaze
+    device = mm.get_torch_device()
+    assert asked == [(blaze.memory_required(2), device), (blaze.memory_required(1), device)]

@@ -9,6 +9,8 @@ an attention was asked for; an override another pack installed still runs.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -167,3 +169,45 @@ def test_single_key_cross_attention_is_its_value(setup):
         got = attn(x, context=context, transformer_options=options)
         want = attn(x, context=context)  # ComfyUI's own attention, no override
     assert (got - want).abs().max().item() < 1e-6
+
+
+def test_inference_weights_patched_in_place_are_reprojected_after_the_patch_callback(setup):
+    """ComfyUI's weights are inference tensors: an in-place patch keeps id, data pointer and (absent) version, so
+    only ComfyUI's patching callback (ON_LOAD / ON_APPLY_HOOKS -> note_weights_patched) tells the cache."""
+    with torch.inference_mode():
+        attn = attention.CrossAttention(DIM, heads=HEADS, dim_head=DIM // HEADS, operations=torch.nn)
+        bank = ReferenceBank({KEY: torch.randn(1, TOKENS, DIM).half()}, (2, 3))
+        unet = _FakeUNet(attn)
+        patcher = SimpleNamespace(model=SimpleNamespace(diffusion_model=unet))
+        n = torch.randn(2, TOKENS, DIM)
+
+        def state():
+            s = state_for(bank, unet, [True, False])
+            s.weights_generation = reference_bank.weights_generation(unet)
+            return s
+
+        run_block(attn, state(), n)
+        first = bank._projected[KEY]
+        attn.to_k.weight.copy_(attn.to_k.weight * 2.0)  # what copy_to_param does
+        run_block(attn, state(), n)
+        assert bank._projected[KEY] is first  # nothing in the tensor says it changed
+        reference_bank.note_weights_patched(patcher, None)
+        got = run_block(attn, state(), n)
+        want = explicit(attn, n, n, n, bank.blocks[KEY].float(), [True, False])
+    assert bank._projected[KEY] is not first
+    assert (got - want).abs().max().item() < 1e-5
+    assert bank.cached_bytes() > 0
+    bank.release()
+    assert bank.cached_bytes() == 0 and not bank._cast and not bank._projected
+
+
+def test_banks_in_finds_each_bank_once():
+    bank, other = ReferenceBank({}, (1, 1)), ReferenceBank({}, (1, 1))
+    shared = SimpleNamespace(cond=bank)
+    conds = {
+        "positive": [{"model_conds": {"xnemo_bank": shared, "x": SimpleNamespace(cond=torch.zeros(1))}}],
+        "negative": [{"model_conds": {"xnemo_bank": shared}}, {"model_conds": {"b": SimpleNamespace(cond=other)}}],
+        "empty": None,
+    }
+    assert reference_bank.banks_in(conds) == [bank, other]
+    assert reference_bank.banks_in(None) == []

@@ -155,3 +155,75 @@ def test_detector_runs_batched_on_the_given_device(video):
         gpu = blazeface.get_detector(MODEL, "cuda").detect_frames(frames.cuda())
         for a, b in zip(batched, gpu):
             assert np.abs(np.array([d.box for d in a]) - np.array([d.box for d in b])).max() <= 1
+
+
+def _moved_to_a_device(monkeypatch) -> list[tuple[tuple[int, ...], torch.dtype]]:
+    """Record every tensor sent with `.to(device)` (the stand-in for a host -> GPU copy): shape and dtype."""
+    moved = []
+    original = torch.Tensor.to
+
+    def spy(self, *args, **kwargs):
+        target = kwargs.get("device", args[0] if args and isinstance(args[0], (torch.device, str)) else None)
+        if target is not None:
+            moved.append((tuple(self.shape), self.dtype))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", spy)
+    return moved
+
+
+def test_only_uint8_model_inputs_reach_the_device(monkeypatch):
+    """Full-HD float frames (ComfyUI's IMAGE): the 128x128 letterbox is sampled on the frames' side, and what is sent
+    to the detector's device is the uint8 input, N x 128 x 128 x 3 bytes per batch, not N x H x W x 3 x 4."""
+    detector = blazeface.BlazeFaceDetector(MODEL, "cpu", batch_size=2)
+    frames = torch.rand(5, 1080, 1920, 3, generator=torch.Generator().manual_seed(0))
+    expected = detector.detect_frames(frames)  # fills the warp cache, so only per-batch traffic is recorded below
+    reserved = []
+    moved = _moved_to_a_device(monkeypatch)
+    got = detector.detect_frames(frames, reserve=reserved.append)
+    monkeypatch.undo()
+    assert [[f.box for f in faces] for faces in got] == [[f.box for f in faces] for faces in expected]
+    pixels = 128 * 128 * 3
+    assert moved == [((n, 128, 128, 3), torch.uint8) for n in (2, 2, 1)]
+    assert sum(torch.Size(s).numel() for s, _ in moved) == 5 * pixels  # bytes: uint8; 1080p float would be 190x
+    assert reserved == [detector.memory_required(n) for n in (2, 2, 1)]
+
+
+def test_memory_estimate_covers_the_batch():
+    """What a batch asks ComfyUI for: the uint8 and float inputs and every activation the forward keeps (float32)."""
+    net = blazeface.load_network(MODEL)
+    conv_outputs = []
+    original = net._act
+
+    def record(h, kind):  # every convolution's (activated) output passes here
+        conv_outputs.append(h.numel() * h.element_size())
+        return original(h, kind)
+
+    net._act = record
+    net(torch.zeros(1, 3, 128, 128))
+    assert sum(conv_outputs) <= net.activation_bytes < 9 * 2**20  # conv outputs are part of the activations
+    detector = blazeface.get_detector(MODEL, "cpu")
+    assert detector.memory_required(32) == 32 * detector.memory_required(1)
+    # 32 frames: ~270 MiB (a 1080p float32 batch alone was 760 MiB, and ComfyUI was not told)
+    assert 32 * (5 * 128 * 128 * 3 + sum(conv_outputs)) < detector.memory_required(32) < 320 * 2**20
+
+
+def test_tf32_is_off_while_the_network_runs_and_restored_after(video, monkeypatch):
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    saved = conv.fp32_precision, matmul.fp32_precision
+    detector = blazeface.get_detector(MODEL, "cpu")
+    seen = []
+    forward = detector.net.forward
+
+    def spy(x):
+        seen.append((conv.fp32_precision, matmul.fp32_precision))
+        return forward(x)
+
+    monkeypatch.setattr(detector.net, "forward", spy)
+    try:
+        conv.fp32_precision = matmul.fp32_precision = "tf32"
+        detector.detect_frames(video[:2])
+        assert seen == [("ieee", "ieee")]
+        assert (conv.fp32_precision, matmul.fp32_precision) == ("tf32", "tf32")
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = saved

@@ -34,9 +34,10 @@ class ReferenceBank:
     official reader (ReferenceAttentionControl.update casts the bank to fp16); no `__eq__`, so two conditionings carry
     "the same bank" only when they hold the same object (CONDConstant batching).
 
-    What the reader derives from an entry is cached here: the entry in the compute dtype/device, and its attn1
-    keys/values (`to_k`/`to_v` of the reading block), so they are made once per bank and weights, not once per row,
-    window and step.
+    What the reader derives from an entry is cached here for one sampling run: the entry in the compute dtype/device,
+    and its attn1 keys/values (`to_k`/`to_v` of the reading block), so they are made once per run and weights, not
+    once per row, window and step. `release()` (called when a run ends, see unet_patch) drops them all: the device
+    copies are outside ComfyUI's memory accounting, and weights may be patched in place between runs.
     """
 
     def __init__(self, blocks: dict[tuple, torch.Tensor], latent_hw: tuple[int, int]):
@@ -51,27 +52,70 @@ class ReferenceBank:
             self._cast[tag] = self.blocks[key].to(device=device, dtype=dtype)
         return self._cast[tag]
 
-    def projected(self, key: tuple, attn: torch.nn.Module, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """attn1's keys and values of this block's bank entry, [1, H*W, inner]. Recomputed when the projection
-        weights change (another LoRA, another device, a weight function added by a patch)."""
-        # Weights made under torch.inference_mode (as ComfyUI runs its nodes) are inference tensors, which keep no
-        # version counter: for them id and data pointer stand alone.
-        version = tuple(
-            (
-                id(lin.weight),
-                lin.weight.data_ptr(),
-                -1 if lin.weight.is_inference() else lin.weight._version,
-                tuple(id(f) for f in getattr(lin, "weight_function", ())),
-            )
-            for lin in (attn.to_k, attn.to_v)
-        )
-        tag = (id(attn), version, torch.device(device), dtype)
+    def projected(
+        self, key: tuple, attn: torch.nn.Module, device, dtype, generation: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """attn1's keys and values of this block's bank entry, [1, H*W, inner]. Recomputed when the weights may have
+        changed: another `generation` (bumped by ComfyUI's load and hook callbacks, which patch weights in place),
+        another weight object, a weight function added or removed (low-VRAM patches), another device or dtype."""
+        tag = (id(attn), generation, torch.device(device), dtype, _weights_tag(attn.to_k), _weights_tag(attn.to_v))
         cached = self._projected.get(key)
         if cached is None or cached[0] != tag:
             ref = self.get(key, device, dtype)
             cached = (tag, attn.to_k(ref), attn.to_v(ref))
             self._projected[key] = cached
         return cached[1], cached[2]
+
+    def release(self) -> None:
+        """Drop every cached copy and projection (the end of a sampling run)."""
+        self._cast.clear()
+        self._projected.clear()
+
+    def cached_bytes(self) -> int:
+        """Bytes held by the cached copies and projections (0 after `release`)."""
+        tensors = [*self._cast.values(), *(t for _, k, v in self._projected.values() for t in (k, v))]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _weights_tag(linear: torch.nn.Module) -> tuple:
+    """What identifies a projection's weights without reading them. Weights made under torch.inference_mode (as
+    ComfyUI loads them) keep no version counter, so an in-place patch of those leaves this tag unchanged: that case
+    is covered by the generation (ComfyUI's patching callbacks) and by `ReferenceBank.release` between runs."""
+    weight = linear.weight
+    return (
+        id(weight),
+        weight.data_ptr(),
+        None if weight.is_inference() else weight._version,
+        tuple(id(f) for f in getattr(linear, "weight_function", ())),
+    )
+
+
+_WEIGHTS_GENERATION: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def weights_generation(unet: torch.nn.Module | None) -> int:
+    """How many times ComfyUI may have patched this UNet's weights (see `note_weights_patched`)."""
+    return 0 if unet is None else _WEIGHTS_GENERATION.get(unet, 0)
+
+
+def note_weights_patched(patcher, *args, **kwargs) -> None:
+    """ModelPatcher callback (ON_LOAD, ON_APPLY_HOOKS): ComfyUI has just (re)applied weight patches, possibly in
+    place (hook LoRA keyframes, `weight_inplace_update`, copy_to_param), so projections made before are stale."""
+    unet = getattr(getattr(patcher, "model", None), "diffusion_model", None)
+    if unet is not None:
+        _WEIGHTS_GENERATION[unet] = _WEIGHTS_GENERATION.get(unet, 0) + 1
+
+
+def banks_in(conds: dict | None) -> list[ReferenceBank]:
+    """The distinct banks carried by a guider's conditioning ({name: [cond dict, ...]}, model_conds CONDConstant)."""
+    found: dict[int, ReferenceBank] = {}
+    for cond_list in (conds or {}).values():
+        for cond in cond_list or []:
+            for value in (cond.get("model_conds") or {}).values() if isinstance(cond, dict) else ():
+                bank = getattr(value, "cond", None)
+                if isinstance(bank, ReferenceBank):
+                    found[id(bank)] = bank
+    return list(found.values())
 
 
 class BankWriter:
@@ -140,11 +184,29 @@ def attn1_modules(unet: torch.nn.Module) -> dict[tuple, torch.nn.Module]:
 
 @dataclass
 class ReferenceRead:
-    """What the attn1 patch hands to the attention call right after it: which block reads which bank entry."""
+    """What the attn1 patch hands to the attention call right after it: the reference keys/values of this block."""
 
     key: tuple
-    attn: torch.nn.Module
+    keys_values: tuple[torch.Tensor, torch.Tensor]  # attn1's to_k/to_v of the bank entry, [1, H*W, inner]
     tokens: int  # query tokens of this block (a check that the call is this block's attn1)
+
+
+def prepare_reads(state, device, dtype) -> None:
+    """Host side, once per UNet call (before any compiled code): every bank entry this call reads, projected by its
+    block's attn1 (`state.projections`), or cast for the concatenating read under a replace patch
+    (`state.references`). Inside the UNet the reader then only looks tensors up: no cache keys, no data-dependent
+    Python, so torch.compile traces the blocks without breaking the graph."""
+    if state.bank is None or not state.reads_reference:
+        return
+    if state.replace_patched:
+        state.references = {key: state.bank.get(key, device, dtype) for key in state.bank.blocks}
+        return
+    modules = {} if state.unet is None else attn1_modules(state.unet)
+    state.projections = {
+        key: state.bank.projected(key, attn, device, dtype, state.weights_generation)
+        for key, attn in modules.items()
+        if key in state.bank.blocks
+    }
 
 
 class ReferenceAttentionPatch:
@@ -174,11 +236,18 @@ class ReferenceAttentionPatch:
                 f"but the latent being sampled has another size: use the LATENT from X-NeMo Reference Condition, or "
                 f"set its width/height to the size you sample at"
             )
-        attn = None if state.unet is None else attn1_modules(state.unet).get(key)
-        if attn is not None and not state.replace_patched:
-            state.pending = ReferenceRead(key, attn, n.shape[1])
-            return n, context_attn1, value_attn1
-        ref = state.bank.get(key, n.device, n.dtype)
+        if not state.replace_patched:
+            keys_values = state.projections.get(key)
+            if keys_values is None and state.unet is not None:  # not prepared (a direct call): project now
+                attn = attn1_modules(state.unet).get(key)
+                if attn is not None:
+                    keys_values = state.bank.projected(key, attn, n.device, n.dtype, state.weights_generation)
+            if keys_values is not None:
+                state.pending = ReferenceRead(key, keys_values, n.shape[1])
+                return n, context_attn1, value_attn1
+        ref = state.references.get(key)
+        if ref is None:
+            ref = state.bank.get(key, n.device, n.dtype)
         flags = state.use_reference.to(n.device).view(-1, 1, 1)
         keys = context_attn1 if context_attn1 is not None else n
         values = value_attn1 if value_attn1 is not None else keys
@@ -251,7 +320,7 @@ class ReferenceAttention:
                 "pre-shaped heads): another custom node patches attn1 in a way X-NeMo's "
                 "reference read does not support; disable it for X-NeMo models"
             )
-        k_ref, v_ref = state.bank.projected(read.key, read.attn, q.device, q.dtype)
+        k_ref, v_ref = (t.to(device=q.device, dtype=q.dtype) for t in read.keys_values)
         outs = []
         for start, stop, reads in state.segments:
             qs, ks, vs = q[start:stop], k[start:stop], v[start:stop]

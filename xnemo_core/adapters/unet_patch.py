@@ -5,8 +5,10 @@ What gets attached to a clone of the denoising MODEL, all under the key "xnemo":
   an additional model (ComfyUI loads/offloads/casts them with the UNet) and placed into the UNet's block lists by a
   PatcherInjection only while the model is patched;
 - a `forward_timestep_embed_patch` so the sites receive `transformer_options` (per-row motion tokens, frame count);
-- a DIFFUSION_MODEL wrapper that moves X-NeMo's conditioning (`xnemo_motion`, `xnemo_ref`, `xnemo_bank`, carried in
-  CONDITIONING `model_conds`) from the model kwargs into `transformer_options["xnemo"]`;
+- an APPLY_MODEL wrapper that moves X-NeMo's conditioning (`xnemo_motion`, `xnemo_ref`, `xnemo_bank`, carried in
+  CONDITIONING `model_conds`) from the model kwargs into `transformer_options["xnemo"]`, with everything the call
+  needs worked out on the host before the UNet runs (row segments, projected reference keys/values), so a compiled
+  UNet (Sample Animation's `compile`) traces without graph breaks;
 - an `attn1_patch` and, per call, an `optimized_attention_override` (reference_bank) through which rows that use the
   reference attend to [own keys ; reference keys] and the others (the unconditional branch) do plain self-attention;
 - the X-NeMo noise schedule (scaled-linear betas 0.00085..0.02, computed in float32 as the official DDIM) as a
@@ -28,7 +30,15 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock, SpatialTran
 from ..pure.constants import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS, PATCH_KEY
 from ..pure.errors import IncompatibleModelError
 from ..pure.layers import XNeMoSite, sdpa_attention
-from .reference_bank import ReferenceAttention, ReferenceAttentionPatch, ReferenceBank
+from .reference_bank import (
+    ReferenceAttention,
+    ReferenceAttentionPatch,
+    ReferenceBank,
+    banks_in,
+    note_weights_patched,
+    prepare_reads,
+    weights_generation,
+)
 
 KEY = PATCH_KEY
 MOTION_COND = "xnemo_motion"  # CONDRegular [F, 32, 16]: motion tokens per frame
@@ -57,8 +67,11 @@ class CallState:
     frames: int  # frames per chunk (temporal attention runs over these)
     unet: torch.nn.Module | None = None  # the UNetModel being run (finds each block's attn1)
     replace_patched: bool = False  # an attn1 replace patch is active: read the bank the concatenating way
+    weights_generation: int = 0  # reference_bank.weights_generation of `unet` when the call started
     pending: object = None  # reference_bank.ReferenceRead handed from the attn1 patch to attention
     segments: list = field(default_factory=list)  # (start, stop, reads reference) runs of rows
+    projections: dict = field(default_factory=dict)  # block key -> reference (keys, values), see prepare_reads
+    references: dict = field(default_factory=dict)  # block key -> bank entry in the compute dtype (replace-patch read)
 
     def __post_init__(self):
         flags = self.use_reference.tolist()
@@ -140,8 +153,10 @@ def site_handler(layer: XNeMoSite, x, emb, context, transformer_options, *args, 
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def diffusion_model_wrapper(executor, x, timesteps, context, y, control, transformer_options, **kwargs):
-    """Move X-NeMo's per-row conditioning into transformer_options for the sites and the attn1 patch."""
+def apply_model_wrapper(executor, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
+    """APPLY_MODEL wrapper: move X-NeMo's per-row conditioning out of the model kwargs into transformer_options for the
+    sites and the attn1 patch. It runs outside the UNet (and outside a torch.compile'd UNet), so the host-side work
+    (flags to row segments, window check, reference projections) happens here once per call."""
     motion = kwargs.pop(MOTION_COND, None)
     use_ref = kwargs.pop(REF_COND, None)
     bank = kwargs.pop(BANK_COND, None)
@@ -155,21 +170,32 @@ def diffusion_model_wrapper(executor, x, timesteps, context, y, control, transfo
                 f"latent must have the same frame count (use the LATENT from X-NeMo Reference Condition)"
             )
         _check_window(frame_ids, transformer_options, rows // chunks)
-        flags = torch.zeros(rows, dtype=torch.bool, device=x.device) if use_ref is None else use_ref.reshape(rows) > 0.5
+        flags = torch.zeros(rows, dtype=torch.bool) if use_ref is None else use_ref.reshape(rows) > 0.5
         replaced = bool(transformer_options.get("patches_replace", {}).get("attn1"))
+        base = executor.class_obj
+        unet = getattr(base.diffusion_model, "_orig_mod", base.diffusion_model)  # under a compile wrapper too
         state = CallState(
-            motion=motion,
-            use_reference=flags,
+            motion=motion.to(x.device),
+            use_reference=flags.to(x.device),
             bank=bank,
             frames=rows // chunks,
-            unet=getattr(executor, "class_obj", None),
+            unet=unet,
             replace_patched=replaced,
+            weights_generation=weights_generation(unet),
         )
+        prepare_reads(state, x.device, _compute_dtype(base))
         transformer_options = {**transformer_options, KEY: state}
     previous = transformer_options.get("optimized_attention_override")
     if not isinstance(previous, ReferenceAttention):
         transformer_options = {**transformer_options, "optimized_attention_override": ReferenceAttention(previous)}
-    return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
+    return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+
+
+def _compute_dtype(base) -> torch.dtype:
+    """The dtype the UNet computes in (BaseModel._apply_model casts its input to it), in both supported ComfyUIs."""
+    if hasattr(base, "get_dtype_inference"):
+        return base.get_dtype_inference()
+    return base.manual_cast_dtype or base.get_dtype()
 
 
 def _check_window(frame_ids, transformer_options: dict, frames: int) -> None:
@@ -220,6 +246,20 @@ def refuse_core_context_windows(executor, *args, **kwargs):
     return executor(*args, **kwargs)
 
 
+def release_banks_after_run(executor, *args, **kwargs):
+    """OUTER_SAMPLE wrapper: the reference banks' device copies and projected keys/values live for one sampling run.
+    They are outside ComfyUI's memory accounting, and the weights they were projected with may be patched in place
+    before the next run (a LoRA applied by ModelPatcher, hook keyframes), so they are dropped when the run ends."""
+    banks = banks_in(getattr(executor.class_obj, "conds", None))
+    for bank in banks:
+        bank.release()  # weights may have changed since any earlier run
+    try:
+        return executor(*args, **kwargs)
+    finally:
+        for bank in banks:
+            bank.release()
+
+
 def apply_xnemo(
     model: comfy.model_patcher.ModelPatcher, sites_patcher: comfy.model_patcher.ModelPatcher
 ) -> comfy.model_patcher.ModelPatcher:
@@ -232,8 +272,11 @@ def apply_xnemo(
     )
     model.set_model_forward_timestep_embed_patch((XNeMoSite, site_handler))
     model.set_model_attn1_patch(ReferenceAttentionPatch())
-    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, KEY, diffusion_model_wrapper)
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, KEY, apply_model_wrapper)
     model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KEY, refuse_core_context_windows)
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KEY, release_banks_after_run)
+    for moment in (comfy.patcher_extension.CallbacksMP.ON_LOAD, comfy.patcher_extension.CallbacksMP.ON_APPLY_HOOKS):
+        model.add_callback_with_key(moment, KEY, note_weights_patched)
     model.add_object_patch("model_sampling", XNeMoModelSampling())
     return model
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,6 +176,8 @@ class BlazeFaceNet(torch.nn.Module):
         self._steps = _fuse_channel_padding(self._steps)
         self._private = {src for src, count in _users(self._steps).items() if count == 1}  # may be changed in place
         self.parameter_count = params
+        # forward keeps every intermediate until it returns, so its peak is their sum (float32, per frame)
+        self.activation_bytes = 4 * sum(math.prod(shapes[step[1]]) for step in self._steps)
 
     @staticmethod
     def _act(x: torch.Tensor, kind: int) -> torch.Tensor:
@@ -397,8 +400,14 @@ def make_warp(box: Letterbox, device: torch.device | str = "cpu") -> Warp:
 
 def model_input(frames: torch.Tensor, warp: Warp) -> torch.Tensor:
     """RGB frames [B, H, W, 3] (uint8, or ComfyUI's float 0..1, rounded to uint8 as decoded video is) -> the model
-    input [B, 3, 128, 128] in [-1, 1], channels-last memory: the warp, OpenCV's rounding ((sum + 2^14) >> 15), then
-    x * 2/255 - 1 as MediaPipe's convertTo. Only the sampled rows are ever converted."""
+    input [B, 3, 128, 128] in [-1, 1], channels-last memory (`letterbox_pixels`, then `normalise`)."""
+    return normalise(letterbox_pixels(frames, warp))
+
+
+def letterbox_pixels(frames: torch.Tensor, warp: Warp) -> torch.Tensor:
+    """RGB frames [B, H, W, 3] (uint8 or float 0..1) -> the letterboxed uint8 input [B, 128, 128, 3]: the warp and
+    OpenCV's rounding ((sum + 2^14) >> 15), on the frames' device (the warp's tables must be there too). Only the
+    sampled rows are ever converted. This is what the detector moves to its device: 48 KiB per frame."""
 
     def rows(index: torch.Tensor) -> torch.Tensor:
         picked = frames.index_select(1, index)
@@ -415,9 +424,28 @@ def model_input(frames: torch.Tensor, warp: Warp) -> torch.Tensor:
     acc = columns(rows(warp.y0)) * warp.wy[0].view(1, -1, 1, 1)
     if warp.need_y1:
         acc += columns(rows(warp.y1)) * warp.wy[1].view(1, -1, 1, 1)
-    u8 = ((acc * 32 + (1 << 14)) >> 15).clamp_(0, 255)
-    img = u8.to(torch.float32) * np.float32(2.0 / 255.0) + np.float32(-1.0)
+    return ((acc * 32 + (1 << 14)) >> 15).clamp_(0, 255).to(torch.uint8)
+
+
+def normalise(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, 128, 128, 3] -> float32 [B, 3, 128, 128] in [-1, 1] (channels-last memory), x * 2/255 - 1 as
+    MediaPipe's convertTo."""
+    img = pixels.to(torch.float32) * np.float32(2.0 / 255.0) + np.float32(-1.0)
     return img.permute(0, 3, 1, 2)
+
+
+@contextmanager
+def exact_float32():
+    """TF32 off for convolutions and matmuls (restored after): MediaPipe computes in float32, and cuDNN may otherwise
+    use TF32 for the convolutions on Ampere and later GPUs. Set through the fp32_precision API only, since torch
+    refuses to read TF32 state set through a mix of the legacy and new APIs."""
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    saved = conv.fp32_precision, matmul.fp32_precision
+    conv.fp32_precision = matmul.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = saved
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -522,7 +550,8 @@ class BlazeFaceDetector:
     """MediaPipe Tasks FaceDetector (short-range model, default options) in torch, batched over frames.
 
     `detect_frames` takes uint8 RGB frames; the network runs on `device` in chunks of `batch_size` frames, the
-    weighted NMS of each frame's few candidates on the CPU.
+    weighted NMS of each frame's few candidates on the CPU. The 128x128 letterbox is sampled where the frames are
+    (ComfyUI's IMAGE is on the CPU), so only uint8 model inputs reach the device, never whole frames.
     """
 
     def __init__(
@@ -539,34 +568,50 @@ class BlazeFaceDetector:
         self.batch_size = batch_size
         self.min_score = min_score
         self.min_suppression = min_suppression
-        self._warps: dict[Letterbox, Warp] = {}
+        self._warps: dict[tuple[Letterbox, torch.device], Warp] = {}
 
-    def _warp(self, lb: Letterbox) -> Warp:
-        if lb not in self._warps:
+    def _warp(self, lb: Letterbox, device: torch.device) -> Warp:
+        if (lb, device) not in self._warps:
             if len(self._warps) > 512:
                 self._warps.clear()
-            self._warps[lb] = make_warp(lb, self.device)
-        return self._warps[lb]
+            self._warps[(lb, device)] = make_warp(lb, device)
+        return self._warps[(lb, device)]
+
+    def memory_required(self, frames: int) -> int:
+        """Device bytes one batch of `frames` frames needs beyond the network's weights: the uint8 and float inputs,
+        every activation (forward keeps them all), the outputs and their decoding."""
+        pixels = INPUT_SIZE * INPUT_SIZE * 3
+        outputs = NUM_ANCHORS * (16 + 1 + 4 + 12 + 1 + 1) * 4  # regressions, logits, boxes, keypoints, scores, mask
+        return frames * (pixels + 4 * pixels + self.net.activation_bytes + outputs)
 
     @torch.inference_mode()
     def detect_frames(
-        self, frames: torch.Tensor, regions: Sequence[Sequence[float] | None] | None = None
+        self,
+        frames: torch.Tensor,
+        regions: Sequence[Sequence[float] | None] | None = None,
+        reserve: Callable[[int], None] | None = None,
     ) -> list[list[FaceDetection]]:
         """Faces in each frame of an RGB batch [F, H, W, 3] (uint8, or float 0..1), best score first. `regions`
         (optional, one per frame, None = whole frame): look only in that box (x0, y0, x1, y1) of the frame,
-        letterboxed to a square as MediaPipe does for a region of interest; boxes still come back in frame pixels."""
+        letterboxed to a square as MediaPipe does for a region of interest; boxes still come back in frame pixels.
+        `reserve(bytes)` is called before each batch runs on the device (ComfyUI frees that much memory)."""
         n, height, width = frames.shape[:3]
         out: list[list[FaceDetection]] = []
         for start in range(0, n, self.batch_size):
-            chunk = frames[start : start + self.batch_size].to(self.device)
+            chunk = frames[start : start + self.batch_size]
             lbs = [
                 letterbox(width, height, None if regions is None else regions[start + i]) for i in range(chunk.shape[0])
             ]
             if len(set(lbs)) == 1:
-                inputs = model_input(chunk, self._warp(lbs[0]))
+                pixels = letterbox_pixels(chunk, self._warp(lbs[0], chunk.device))
             else:
-                inputs = torch.cat([model_input(chunk[i : i + 1], self._warp(lb)) for i, lb in enumerate(lbs)])
-            raw, logits = self.net(inputs)
+                pixels = torch.cat(
+                    [letterbox_pixels(chunk[i : i + 1], self._warp(lb, chunk.device)) for i, lb in enumerate(lbs)]
+                )
+            if reserve is not None:
+                reserve(self.memory_required(chunk.shape[0]))
+            with exact_float32():
+                raw, logits = self.net(normalise(pixels.to(self.device)))
             boxes, keypoints, scores = decode(raw.float(), logits.float(), self.anchors, self.min_score)
             keep = scores > 0
             counts = keep.sum(1).tolist()

@@ -186,10 +186,15 @@ class BlazeFaceFaceDetector:
     """
 
     def __init__(
-        self, model_path: str | Path | None = None, device: torch.device | str = "cpu", batch_size: int = 32
+        self,
+        model_path: str | Path | None = None,
+        device: torch.device | str = "cpu",
+        batch_size: int = 32,
+        reserve: Callable[[int], None] | None = None,
     ) -> None:
         self._blaze = blazeface.get_detector(model_path or blazeface.BUNDLED_MODEL, device)
         self.batch_size = batch_size
+        self.reserve = reserve  # called with the device bytes of each batch before it runs (ComfyUI's memory manager)
 
     def detect(self, image_rgb_u8: np.ndarray) -> list[Detection]:
         return self.detect_batch(torch.from_numpy(np.ascontiguousarray(image_rgb_u8))[None])[0]
@@ -201,7 +206,7 @@ class BlazeFaceFaceDetector:
         n = frames.shape[0]
         out: list[list[Detection]] = []
         for start in range(0, n, self.batch_size):
-            found = self._blaze.detect_frames(frames[start : start + self.batch_size])
+            found = self._blaze.detect_frames(frames[start : start + self.batch_size], reserve=self.reserve)
             out += [[_as_detection(d) for d in faces] for faces in found]
             if progress is not None:
                 progress(min(start + self.batch_size, n), n)
@@ -213,7 +218,8 @@ class BlazeFaceFaceDetector:
         if not tiles:
             return []
         frame = torch.from_numpy(np.ascontiguousarray(image_rgb_u8))[None].expand(len(tiles), -1, -1, -1)
-        return _suppress([_as_detection(d) for faces in self._blaze.detect_frames(frame, tiles) for d in faces])
+        found = self._blaze.detect_frames(frame, tiles, self.reserve)
+        return _suppress([_as_detection(d) for faces in found for d in faces])
 
     def detect_near(self, image_rgb_u8: np.ndarray, box: Sequence[float]) -> list[Detection]:
         """The square three faces wide about `box`, letterboxed into the model alone (a small face comes out large)."""
@@ -221,7 +227,7 @@ class BlazeFaceFaceDetector:
         cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
         region = (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
         frame = torch.from_numpy(np.ascontiguousarray(image_rgb_u8))[None]
-        return [_as_detection(d) for d in self._blaze.detect_frames(frame, [region])[0]]
+        return [_as_detection(d) for d in self._blaze.detect_frames(frame, [region], self.reserve)[0]]
 
 
 def _as_detection(face: blazeface.FaceDetection) -> Detection:
@@ -254,14 +260,17 @@ DEFAULT_DETECTOR = "blazeface"
 
 
 def get_detector(
-    name: str = DEFAULT_DETECTOR, device: torch.device | str = "cpu", model_path: str | Path | None = None
+    name: str = DEFAULT_DETECTOR,
+    device: torch.device | str = "cpu",
+    model_path: str | Path | None = None,
+    reserve: Callable[[int], None] | None = None,
 ) -> FaceDetector:
-    """A detector by name. BlazeFace runs on `device` and reads `model_path` (default: the file bundled in the pack's
-    models/ folder); Haar runs on the CPU."""
+    """A detector by name. BlazeFace runs on `device`, reads `model_path` (default: the file bundled in the pack's
+    models/ folder) and calls `reserve(bytes)` before each batch; Haar runs on the CPU."""
     if name not in DETECTORS:
         raise ValueError(f"unknown face detector {name!r}; available: {', '.join(sorted(DETECTORS))}")
     if name == "blazeface":
-        return BlazeFaceFaceDetector(model_path, device)
+        return BlazeFaceFaceDetector(model_path, device, reserve=reserve)
     return DETECTORS[name]()
 
 
