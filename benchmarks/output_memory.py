@@ -189,6 +189,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32, help="crop (generation) size in px, a multiple of 8")
     parser.add_argument("--chunk", type=int, default=25, help="decode_chunk_size (official 25)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument(
+        "--mmap-threshold",
+        type=int,
+        help="run the workers with glibc's MALLOC_MMAP_THRESHOLD_ fixed (bytes): freed large blocks go back to the "
+        "system at once, which separates heap retention from live memory",
+    )
     parser.add_argument("--worker", nargs=2, metavar=("MODE", "FRAMES"), help=argparse.SUPPRESS)
     a = parser.parse_args()
     if a.worker:
@@ -208,6 +214,7 @@ def main() -> None:
         f"set-up: SVD-shape temporal VAE (random), latent {a.size // 8}x{a.size // 8} ({a.size} px crops), original "
         f"{ORIGINAL[1]}x{ORIGINAL[0]}, crop box 600x600, {FPS:g} fps, {AUDIO_RATE} Hz stereo audio, "
         f"decode_chunk_size {a.chunk}, {a.threads} torch threads; each case in a fresh process"
+        + (f"; MALLOC_MMAP_THRESHOLD_={a.mmap_threshold}" if a.mmap_threshold else "")
     )
     print(
         "| path | frames | written | video | peak RSS above start (MiB) | per frame (MiB) | process max RSS "
@@ -231,7 +238,10 @@ def main() -> None:
             "--threads",
             str(a.threads),
         ]
-        done = subprocess.run(cmd, capture_output=True, text=True)
+        env = dict(os.environ)
+        if a.mmap_threshold:
+            env["MALLOC_MMAP_THRESHOLD_"] = str(a.mmap_threshold)
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if done.returncode != 0:
             print(f"| {mode} | {frames} | failed: {done.stderr.strip().splitlines()[-1:]} |")
             continue

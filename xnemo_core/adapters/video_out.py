@@ -140,8 +140,8 @@ def _encode(container, path: str, frames: Iterator[torch.Tensor], rate: Fraction
             if sound is not None:
                 waveform, sample_rate = sound
                 audio_stream = container.add_stream("aac", rate=sample_rate, layout=AUDIO_LAYOUTS[waveform.shape[0]])
-        # 8 bits as Save Video's VideoFromComponents: x 255, clamped, truncated
-        rgb = (batch[:, :height, :width] * 255).clamp(0, 255).byte().cpu().numpy()
+        # 8 bits as Save Video's VideoFromComponents: x 255, clamped, truncated (in place: the batch is ours alone)
+        rgb = batch[:, :height, :width].mul_(255).clamp_(0, 255).byte().cpu().numpy()
         del batch
         for image in rgb:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24").reformat(format="yuv420p")
