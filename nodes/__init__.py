@@ -18,10 +18,10 @@ def register_model_folder() -> None:
 
 
 def _all_nodes() -> list[type[io.ComfyNode]]:
-    from . import interpolate, loader, motion, motion_file, paste_back, reference, sample, vae
+    from . import interpolate, loader, motion, motion_file, paste_back, reference, sample, save_video, vae
 
     out: list[type[io.ComfyNode]] = []
-    for module in (loader, motion, reference, sample, vae, interpolate, motion_file, paste_back):
+    for module in (loader, motion, reference, sample, vae, interpolate, motion_file, paste_back, save_video):
         out.extend(module.NODES)
     return out
 

@@ -17,7 +17,7 @@ pure/ (torch, numpy, OpenCV; never imports ComfyUI or anything outside pure/)
     blazeface       MediaPipe's FaceDetector (BlazeFace short range) in torch, batched
     tflite          a small TensorFlow Lite file reader (tensors, operators, buffers)
     windows         sliding context windows and window counts
-    compose         paste-back into the original frames
+    compose         paste-back into the original frames, whole or a chunk at a time
     svd_vae_keys    Stable Video Diffusion VAE: diffusers key names -> ComfyUI's temporal-decoder layout
 
 adapters/ (ComfyUI side: may import pure/ and comfy, never pipeline or nodes)
@@ -30,6 +30,7 @@ adapters/ (ComfyUI side: may import pure/ and comfy, never pipeline or nodes)
     sampling        official DDIM on ComfyUI samplers, start latent, windowed CFG
     vae             the SVD VAE from the files users have, VAE checks, reference latent, official fixed-chunk decode
     clip            CLIP ViT-L/14 check and the official image embedding of the reference crop
+    video_out       LATENT -> MP4 chunk by chunk: official decode, paste back, H.264 + audio (Save Video, streaming)
 
 pipeline        (top: may import pure/ and adapters/) Encode Motion and Reference Condition: face tracking, motion
                 tokens, CLIP embedding, reference latent and bank, the CFG pair and the start latent

@@ -21,6 +21,7 @@ NODE_IDS = {
     "XNeMoLoadMotion",
     "XNeMoVAELoader",
     "XNeMoVAEDecode",
+    "XNeMoSaveVideo",
 }
 
 

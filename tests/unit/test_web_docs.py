@@ -18,6 +18,7 @@ NODE_IDS = [
     "XNeMoLoadMotion",
     "XNeMoVAELoader",
     "XNeMoVAEDecode",
+    "XNeMoSaveVideo",
 ]
 
 

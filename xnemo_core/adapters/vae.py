@@ -9,7 +9,7 @@ so with the temporal decoder the same latents decode differently on two machines
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import comfy.model_management as mm
 import comfy.sd
@@ -121,6 +121,22 @@ def decode_frames(
     With the SVD temporal decoder each chunk is one clip (its temporal layers mix frames within the chunk only), as
     the official `decode_latents_svd`: the result depends on the chunk size, never on free memory. Memory is that of
     one chunk. Frames are written into a preallocated output on ComfyUI's intermediate device."""
+    out = None
+    for start, pixels in decoded_chunks(vae, samples, chunk_size, progress):
+        if out is None:
+            out = torch.empty((samples.shape[0], *pixels.shape[1:]), device=vae.output_device)
+        out[start : start + pixels.shape[0]] = pixels
+        del pixels
+    return out
+
+
+def decoded_chunks(
+    vae, samples: torch.Tensor, chunk_size: int = DECODE_CHUNK_SIZE, progress: Progress | None = None
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """The official fixed-chunk decode one chunk at a time: (first frame, IMAGE [n, 8h, 8w, 3]) per chunk.
+
+    What `decode_frames` assembles and the streaming Save Video encodes as it goes; the inputs are checked before
+    the first chunk is asked for. Nothing of a chunk is kept once the caller drops it."""
     vae_kind(vae)
     if samples.ndim != 4 or samples.shape[1] != vae.latent_channels:
         raise IncompatibleModelError(
@@ -129,21 +145,22 @@ def decode_frames(
         )
     if chunk_size < 1:
         raise IncompatibleModelError(f"decode_chunk_size is {chunk_size}: it must be at least 1 (official 25)")
+    return _decode_chunks(vae, samples, chunk_size, progress)
+
+
+def _decode_chunks(vae, samples: torch.Tensor, chunk_size: int, progress: Progress | None):
     frames = samples.shape[0]
     chunk = min(chunk_size, frames)
     per_frame = vae.memory_used_decode(samples[:1].shape, vae.vae_dtype)
     mm.load_models_gpu([vae.patcher], memory_required=per_frame * chunk, force_full_load=vae.disable_offload)
     starts = range(0, frames, chunk)
-    out = None
-    with torch.no_grad():
-        for done, start in enumerate(starts, 1):
-            mm.throw_exception_if_processing_interrupted()
+    for done, start in enumerate(starts, 1):
+        mm.throw_exception_if_processing_interrupted()
+        with torch.no_grad():
             z = samples[start : start + chunk].to(device=vae.device, dtype=vae.vae_dtype)
             pixels = vae.process_output(vae.first_stage_model.decode(z).to(vae.output_device).float())
-            if out is None:
-                out = torch.empty((frames, *pixels.shape[1:]), device=vae.output_device)
-            out[start : start + z.shape[0]] = pixels
-            del z, pixels
-            if progress is not None:
-                progress(done, len(starts))
-    return out.movedim(1, -1)
+            del z
+        yield start, pixels.movedim(1, -1)
+        del pixels
+        if progress is not None:
+            progress(done, len(starts))
