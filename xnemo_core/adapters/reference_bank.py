@@ -156,8 +156,10 @@ class ReferenceAttentionPatch:
     optimized_attention_override) appends the reference keys/values, projected once per bank, to the rows that read
     it, and runs the other rows on their own keys only.
 
-    When the model has an attn1 *replace* patch (which bypasses the attention override), the reference tokens are
-    appended to the keys/values here instead, and rows that don't read get their own tokens twice (the same softmax).
+    In a block with another node's attn1 *replace* patch (which bypasses the attention override) the patch does
+    nothing: `core_patches.ReferenceReplace` reads the reference around the replacement. Only without the UNet at hand
+    are the reference tokens appended to the keys/values here, and rows that don't read get their own tokens twice
+    (the same softmax).
     """
 
     def __call__(self, n, context_attn1, value_attn1, extra_options):
@@ -174,8 +176,10 @@ class ReferenceAttentionPatch:
                 f"but the latent being sampled has another size: use the LATENT from X-NeMo Reference Condition, or "
                 f"set its width/height to the size you sample at"
             )
+        if state.is_replaced(key):
+            return n, context_attn1, value_attn1
         attn = None if state.unet is None else attn1_modules(state.unet).get(key)
-        if attn is not None and not state.replace_patched:
+        if attn is not None:
             state.pending = ReferenceRead(key, attn, n.shape[1])
             return n, context_attn1, value_attn1
         ref = state.bank.get(key, n.device, n.dtype)
@@ -245,7 +249,9 @@ class ReferenceAttention:
                 return v.expand(-1, q.shape[1], -1).to(q.dtype)
             return self._attend(func, q, k, v, heads, *args, **kwargs)
         state.pending = None
-        if q.shape[1] != read.tokens or args or kwargs.get("mask") is not None or kwargs.get("skip_reshape"):
+        # fewer queries than tokens is fine (TomePatchModel merges the queries, never the keys)
+        bad_shape = q.shape[1] > read.tokens or q.shape[0] != k.shape[0]
+        if bad_shape or args or kwargs.get("mask") is not None or kwargs.get("skip_reshape"):
             raise IncompatibleModelError(
                 "an X-NeMo block's self-attention was called in an unexpected form (mask or "
                 "pre-shaped heads): another custom node patches attn1 in a way X-NeMo's "

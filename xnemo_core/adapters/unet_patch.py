@@ -28,6 +28,7 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock, SpatialTran
 from ..pure.constants import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS, PATCH_KEY
 from ..pure.errors import IncompatibleModelError
 from ..pure.layers import XNeMoSite, sdpa_attention
+from . import core_patches
 from .reference_bank import ReferenceAttention, ReferenceAttentionPatch, ReferenceBank
 
 KEY = PATCH_KEY
@@ -56,7 +57,7 @@ class CallState:
     bank: ReferenceBank | None
     frames: int  # frames per chunk (temporal attention runs over these)
     unet: torch.nn.Module | None = None  # the UNetModel being run (finds each block's attn1)
-    replace_patched: bool = False  # an attn1 replace patch is active: read the bank the concatenating way
+    replaced: frozenset = frozenset()  # blocks with another node's attn1 replace patch ((kind, id) or block_key)
     pending: object = None  # reference_bank.ReferenceRead handed from the attn1 patch to attention
     segments: list = field(default_factory=list)  # (start, stop, reads reference) runs of rows
 
@@ -69,6 +70,10 @@ class CallState:
             else:
                 self.segments.append([i, i + 1, reads])
         self.reads_reference = any(flags)
+
+    def is_replaced(self, key: tuple) -> bool:
+        """Another node replaces this block's attn1 (core_patches.ReferenceReplace reads the reference there)."""
+        return bool(self.replaced) and (key in self.replaced or key[:2] in self.replaced)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -156,14 +161,14 @@ def diffusion_model_wrapper(executor, x, timesteps, context, y, control, transfo
             )
         _check_window(frame_ids, transformer_options, rows // chunks)
         flags = torch.zeros(rows, dtype=torch.bool, device=x.device) if use_ref is None else use_ref.reshape(rows) > 0.5
-        replaced = bool(transformer_options.get("patches_replace", {}).get("attn1"))
+        transformer_options, replaced = core_patches.wrap_replace_patches(transformer_options)
         state = CallState(
             motion=motion,
             use_reference=flags,
             bank=bank,
             frames=rows // chunks,
             unet=getattr(executor, "class_obj", None),
-            replace_patched=replaced,
+            replaced=replaced,
         )
         transformer_options = {**transformer_options, KEY: state}
     previous = transformer_options.get("optimized_attention_override")
@@ -196,15 +201,16 @@ def _check_window(frame_ids, transformer_options: dict, frames: int) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def refuse_core_context_windows(executor, *args, **kwargs):
-    """OUTER_SAMPLE wrapper: core Context Windows nodes cannot window X-NeMo's frames-as-batch latents in this ComfyUI
-    (their step lookup fails on per-frame timesteps before any model call), so say what to use instead."""
-    if executor.class_obj.model_options.get("context_handler") is not None:
-        raise IncompatibleModelError(
-            "core Context Windows cannot run an X-NeMo model: remove the Context Windows node and sample with X-NeMo "
-            "Sample Animation, which runs the official overlapping windows itself (context_length, context_overlap)"
-        )
+def refuse_incompatible_patches(executor, *args, **kwargs):
+    """OUTER_SAMPLE wrapper (core KSampler and Sample Animation alike): refuse, before any model call, the nodes whose
+    patches cannot hold on X-NeMo (core_patches.refusals: core Context Windows, a replaced schedule, PerpNeg, ...)."""
+    guider = executor.class_obj
+    core_patches.refuse(guider.model_options, has_xnemo_schedule(guider.model_patcher), guider=guider)
     return executor(*args, **kwargs)
+
+
+def has_xnemo_schedule(model: comfy.model_patcher.ModelPatcher) -> bool:
+    return isinstance(model.get_model_object("model_sampling"), XNeMoModelSampling)
 
 
 def apply_xnemo(
@@ -220,7 +226,7 @@ def apply_xnemo(
     model.set_model_forward_timestep_embed_patch((XNeMoSite, site_handler))
     model.set_model_attn1_patch(ReferenceAttentionPatch())
     model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, KEY, diffusion_model_wrapper)
-    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KEY, refuse_core_context_windows)
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KEY, refuse_incompatible_patches)
     model.add_object_patch("model_sampling", XNeMoModelSampling())
     return model
 
