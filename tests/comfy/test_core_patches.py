@@ -327,3 +327,56 @@ def test_softmax_replacement_reads_the_reference_on_reading_rows_only(replace_se
         want_cond = attention.attention_basic(q[2:], k2, v2, 2)
     assert maps == [5, 10]
     assert differs(out, torch.cat([want_uncond, want_cond])) < 1e-6
+
+
+def test_hook_lora_keyframes(loaded, conds, lora_dir):
+    """A hook LoRA (CreateHookLoraModelOnly) with keyframes (off for the first step, on for the second), set on the
+    CFG pair with Cond Pair Set Props: applied per step as scheduled, reference and motion still act."""
+    hooks_nodes = importlib.import_module("comfy_extras.nodes_hooks")
+    hooks = hooks_nodes.CreateHookLoraModelOnly().create_hook_model_only("xnemo_test_lora.safetensors", 1.0)[0]
+    off_then_on = hooks_nodes.CreateHookKeyframe().create_hook_keyframe(0.0, 0.0)[0]
+    off_then_on = hooks_nodes.CreateHookKeyframe().create_hook_keyframe(1.0, 0.5, off_then_on)[0]
+    keyed = hooks_nodes.SetHookKeyframes().set_hook_keyframes(hooks, off_then_on)[0]
+
+    def hooked(hook_group):
+        pair = hooks_nodes.PairConditioningSetProperties()
+        out = {"latent": conds["latent"]}
+        for variant in ("full", "no_reference", "no_motion"):
+            positive, negative = conds[variant]
+            out[variant] = pair.set_properties(positive, negative, 1.0, "default", hooks=hook_group)
+        return out
+
+    steps = 2
+    always = animate(loaded[0], hooked(hooks), steps=steps)
+    keyframed_conds = hooked(keyed)
+    keyframed = animate(loaded[0], keyframed_conds, steps=steps)
+    plain = animate(loaded[0], conds, steps=steps)
+    assert torch.isfinite(keyframed).all()
+    assert differs(keyframed, plain) > 1e-4, "the hook LoRA had no effect"
+    assert differs(keyframed, always) > 1e-4, "the keyframes had no effect"
+    assert differs(keyframed, animate(loaded[0], keyframed_conds, "no_reference", steps)) > 1e-4, "reference ignored"
+    assert differs(keyframed, animate(loaded[0], keyframed_conds, "no_motion", steps)) > 1e-4, "motion ignored"
+
+
+def test_temporal_attention_multiply_has_nothing_to_scale(loaded):
+    """UNetTemporalAttentionMultiply scales SVD-style temporal blocks: an SD1.5 UNet has none, and X-NeMo's temporal
+    sites are its own layers, so not one weight gets a patch (the README says "no effect")."""
+    cls = importlib.import_module("comfy_extras.nodes_attention_multiply").UNetTemporalAttentionMultiply
+    model = run_node(cls, model=loaded[0], self_structural=0.5, self_temporal=0.5, cross_structural=0.5,
+                     cross_temporal=0.5)  # fmt: skip
+    assert model.patches.keys() == loaded[0].patches.keys()
+    spatial = importlib.import_module("comfy_extras.nodes_attention_multiply").UNetSelfAttentionMultiply
+    scaled = run_node(spatial, model=loaded[0], q=1.0, k=0.5, v=1.0, out=1.0)
+    assert len(scaled.patches) > len(loaded[0].patches)  # the same check sees a multiplier that does act
+
+
+def test_lazy_cache_is_not_taken_for_easy_cache(loaded):
+    """Both live in nodes_easycache; only EasyCache (per UNet call) is window-bound, LazyCache caches whole steps."""
+    module = importlib.import_module("comfy_extras.nodes_easycache")
+    args = {"reuse_threshold": 0.2, "start_percent": 0.15, "end_percent": 0.95, "verbose": False}
+    lazy = run_node(module.LazyCacheNode, model=loaded[0], **args)
+    easy = run_node(module.EasyCacheNode, model=loaded[0], **args)
+    assert core_patches.refusals(lazy.model_options, True, windows=3) == []
+    assert core_patches.refusals(easy.model_options, True, windows=1) == []
+    (message,) = core_patches.refusals(easy.model_options, True, windows=3)
+    assert message.startswith("EasyCache cannot run with 3 context windows per step")

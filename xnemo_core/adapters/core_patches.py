@@ -34,13 +34,14 @@ _REFUSED = {
         "frame to the whole reference",
     ),
 }
-# Refused only when a step runs more than one window (Sample Animation with frames > context_length).
+# Refused only when a step runs more than one window (Sample Animation with frames > context_length): by module, or
+# by the key a node's wrappers are registered under.
 _ONE_WINDOW_ONLY = {
     "comfy_extras.nodes_sag": (
         "SelfAttentionGuidance",
         "it keeps the attention map of the last UNet call only, which is one window's frames",
     ),
-    "comfy_extras.nodes_easycache": (
+    "easycache": (  # a wrapper key: LazyCache lives in the same module but caches whole steps, windows included
         "EasyCache",
         "it reuses the previous UNet call's output change, which belongs to another window's frames",
     ),
@@ -87,6 +88,8 @@ def refusals(model_options: dict, schedule_is_xnemo: bool, windows: int = 1, gui
         if module in modules:
             messages.append(f"{node} cannot run on an X-NeMo model: {why}. Remove it")
     if windows > 1:
+        wrappers = (model_options.get("transformer_options") or {}).get("wrappers") or {}
+        modules |= {key for by_key in wrappers.values() for key in by_key}
         for module, (node, why) in _ONE_WINDOW_ONLY.items():
             if module in modules:
                 messages.append(

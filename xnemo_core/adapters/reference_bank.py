@@ -253,9 +253,9 @@ class ReferenceAttention:
         bad_shape = q.shape[1] > read.tokens or q.shape[0] != k.shape[0]
         if bad_shape or args or kwargs.get("mask") is not None or kwargs.get("skip_reshape"):
             raise IncompatibleModelError(
-                "an X-NeMo block's self-attention was called in an unexpected form (mask or "
-                "pre-shaped heads): another custom node patches attn1 in a way X-NeMo's "
-                "reference read does not support; disable it for X-NeMo models"
+                "an X-NeMo block's self-attention was called in an unexpected form (mask, pre-shaped heads, more "
+                "queries than tokens, or query rows split into tiles): another custom node patches attn1 in a way "
+                "X-NeMo's reference read does not support; disable it for X-NeMo models"
             )
         k_ref, v_ref = state.bank.projected(read.key, read.attn, q.device, q.dtype)
         outs = []
