@@ -66,10 +66,14 @@ def _modules(value, seen: set) -> set[str]:
     return found
 
 
-def refusals(model_options: dict, schedule_is_xnemo: bool, windows: int = 1, guider=None) -> list[str]:
+def refusals(
+    model_options: dict, schedule_is_xnemo: bool, windows: int = 1, guider=None, wrappers: dict | None = None
+) -> list[str]:
     """Why this model cannot be sampled as X-NeMo, one message per refused node; empty when it can.
     `windows`: UNet calls per CFG branch and step (Sample Animation's windows; 1 for core samplers); `guider`: the
-    CFGGuider running (a guider node such as PerpNegGuider is a class of its own, not a patch)."""
+    CFGGuider running (a guider node such as PerpNegGuider is a class of its own, not a patch); `wrappers`: the
+    ModelPatcher's own wrappers (`model.wrappers`), which ComfyUI merges into model_options only when sampling."""
+    wrappers = {**((model_options.get("transformer_options") or {}).get("wrappers") or {}), **(wrappers or {})}
     messages = []
     if model_options.get("context_handler") is not None:
         messages.append(
@@ -81,14 +85,13 @@ def refusals(model_options: dict, schedule_is_xnemo: bool, windows: int = 1, gui
             "ModelSamplingDiscrete (or another model-sampling node) replaced X-NeMo's noise schedule (scaled-linear "
             "betas 0.00085..0.02, epsilon prediction), which the X-NeMo weights were trained on: remove that node"
         )
-    modules = _modules(model_options, set())
+    modules = _modules(model_options, set()) | _modules(wrappers, set())
     if guider is not None:
         modules.add(type(guider).__module__)
     for module, (node, why) in _REFUSED.items():
         if module in modules:
             messages.append(f"{node} cannot run on an X-NeMo model: {why}. Remove it")
     if windows > 1:
-        wrappers = (model_options.get("transformer_options") or {}).get("wrappers") or {}
         modules |= {key for by_key in wrappers.values() for key in by_key}
         for module, (node, why) in _ONE_WINDOW_ONLY.items():
             if module in modules:
@@ -99,8 +102,10 @@ def refusals(model_options: dict, schedule_is_xnemo: bool, windows: int = 1, gui
     return messages
 
 
-def refuse(model_options: dict, schedule_is_xnemo: bool, windows: int = 1, guider=None) -> None:
-    messages = refusals(model_options, schedule_is_xnemo, windows, guider)
+def refuse(
+    model_options: dict, schedule_is_xnemo: bool, windows: int = 1, guider=None, wrappers: dict | None = None
+) -> None:
+    messages = refusals(model_options, schedule_is_xnemo, windows, guider, wrappers)
     if messages:
         raise IncompatibleModelError("; ".join(messages))
 

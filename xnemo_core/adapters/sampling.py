@@ -314,7 +314,9 @@ def sample_animation(
     per_step = windows_per_step(
         frames, settings.context_length, settings.context_overlap, plan.offsets, plan.closed_loop
     )
-    core_patches.refuse(model.model_options, has_xnemo_schedule(model), max(per_step, default=1))
+    core_patches.refuse(
+        model.model_options, has_xnemo_schedule(model), max(per_step, default=1), wrappers=model.wrappers
+    )
     model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, KEY, plan.calc_cond_batch)
     model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING, KEY, plan.prepare_sampling)
     if settings.compile:
