@@ -229,7 +229,14 @@ class XNeMoSampleAnimation(io.ComfyNode):
             bar.update_absolute(windows_done[0], total, preview)
 
         out = sampling.sample_animation(
-            model, positive, negative, samples, settings, callback=on_step, on_window=on_window
+            model,
+            positive,
+            negative,
+            samples,
+            settings,
+            noise_mask=latent.get("noise_mask"),
+            callback=on_step,
+            on_window=on_window,
         )
         return io.NodeOutput({"samples": out}, ui={"xnemo_frames": [frames]})
 

@@ -27,6 +27,7 @@ adapters/ (ComfyUI side: may import pure/ and comfy, never pipeline or nodes)
     unet_patch      sites injected into ComfyUI's UNet, conditioning routing, X-NeMo schedule
     reference_bank  the reference bank: class, block key, writer (ReferenceNet pass), reader (attn1 patch + attention
                     override: reference keys/values projected once, CPU SDPA)
+    core_patches    other nodes' MODEL patches: reference read around attn1 replace patches, refusals at sampling start
     sampling        official DDIM on ComfyUI samplers, start latent, windowed CFG
     vae             the SVD VAE from the files users have, VAE checks, reference latent, official fixed-chunk decode
     clip            CLIP ViT-L/14 check and the official image embedding of the reference crop

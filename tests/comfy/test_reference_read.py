@@ -3,7 +3,7 @@
 What is checked: rows that read the reference attend to [own keys ; projected reference keys], the other rows to
 their own keys only (the official read); what another pack's attn1 patch did to the keys/values is kept; the
 reference keys/values are projected once and re-projected when the weights change; the concatenating fallback used
-under an attn1 replace patch gives the same numbers; on the CPU ComfyUI's sub-quadratic default becomes SDPA unless
+when the UNet is not known gives the same numbers; on the CPU ComfyUI's sub-quadratic default becomes SDPA unless
 an attention was asked for; an override another pack installed still runs.
 """
 
@@ -50,15 +50,14 @@ def setup():
     return attn, bank, _FakeUNet(attn)
 
 
-def state_for(bank, unet, flags, replace_patched=False):
+def state_for(bank, unet, flags, fallback=False):
     flags = torch.tensor(flags)
     return CallState(
         motion=torch.zeros(len(flags), 32, 16),
         use_reference=flags,
         bank=bank,
         frames=len(flags),
-        unet=unet,
-        replace_patched=replace_patched,
+        unet=None if fallback else unet,
     )
 
 
@@ -92,12 +91,12 @@ def explicit(attn, n, keys_in, values_in, ref, reads):
 
 
 @pytest.mark.parametrize("flags", [[True, True, False, False], [False, True, True, False], [True] * 3, [False] * 2])
-@pytest.mark.parametrize("replace_patched", [False, True])
-def test_reading_rows_attend_to_the_reference(setup, flags, replace_patched):
+@pytest.mark.parametrize("fallback", [False, True])
+def test_reading_rows_attend_to_the_reference(setup, flags, fallback):
     attn, bank, unet = setup
     n = torch.randn(len(flags), TOKENS, DIM)
     with torch.no_grad():
-        got = run_block(attn, state_for(bank, unet, flags, replace_patched), n)
+        got = run_block(attn, state_for(bank, unet, flags, fallback), n)
         want = explicit(attn, n, n, n, bank.blocks[KEY].float(), flags)
     assert (got - want).abs().max().item() < 1e-5
 

@@ -193,13 +193,10 @@ class ReferenceRead:
 
 def prepare_reads(state, device, dtype) -> None:
     """Host side, once per UNet call (before any compiled code): every bank entry this call reads, projected by its
-    block's attn1 (`state.projections`), or cast for the concatenating read under a replace patch
-    (`state.references`). Inside the UNet the reader then only looks tensors up: no cache keys, no data-dependent
-    Python, so torch.compile traces the blocks without breaking the graph."""
+    block's attn1 (`state.projections`; blocks under another node's attn1 replace patch too, which
+    core_patches.ReferenceReplace reads). Inside the UNet the reader then only looks tensors up: no cache keys, no
+    data-dependent Python, so torch.compile traces the blocks without breaking the graph."""
     if state.bank is None or not state.reads_reference:
-        return
-    if state.replace_patched:
-        state.references = {key: state.bank.get(key, device, dtype) for key in state.bank.blocks}
         return
     modules = {} if state.unet is None else attn1_modules(state.unet)
     state.projections = {
@@ -218,8 +215,10 @@ class ReferenceAttentionPatch:
     optimized_attention_override) appends the reference keys/values, projected once per bank, to the rows that read
     it, and runs the other rows on their own keys only.
 
-    When the model has an attn1 *replace* patch (which bypasses the attention override), the reference tokens are
-    appended to the keys/values here instead, and rows that don't read get their own tokens twice (the same softmax).
+    In a block with another node's attn1 *replace* patch (which bypasses the attention override) the patch does
+    nothing: `core_patches.ReferenceReplace` reads the reference around the replacement. Only without the UNet at hand
+    are the reference tokens appended to the keys/values here, and rows that don't read get their own tokens twice
+    (the same softmax).
     """
 
     def __call__(self, n, context_attn1, value_attn1, extra_options):
@@ -236,18 +235,17 @@ class ReferenceAttentionPatch:
                 f"but the latent being sampled has another size: use the LATENT from X-NeMo Reference Condition, or "
                 f"set its width/height to the size you sample at"
             )
-        if not state.replace_patched:
-            keys_values = state.projections.get(key)
-            if keys_values is None and state.unet is not None:  # not prepared (a direct call): project now
-                attn = attn1_modules(state.unet).get(key)
-                if attn is not None:
-                    keys_values = state.bank.projected(key, attn, n.device, n.dtype, state.weights_generation)
-            if keys_values is not None:
-                state.pending = ReferenceRead(key, keys_values, n.shape[1])
-                return n, context_attn1, value_attn1
-        ref = state.references.get(key)
-        if ref is None:
-            ref = state.bank.get(key, n.device, n.dtype)
+        if state.is_replaced(key):  # core_patches.ReferenceReplace reads the reference around the replacement
+            return n, context_attn1, value_attn1
+        keys_values = state.projections.get(key)
+        if keys_values is None and state.unet is not None:  # not prepared (a direct call): project now
+            attn = attn1_modules(state.unet).get(key)
+            if attn is not None:
+                keys_values = state.bank.projected(key, attn, n.device, n.dtype, state.weights_generation)
+        if keys_values is not None:
+            state.pending = ReferenceRead(key, keys_values, n.shape[1])
+            return n, context_attn1, value_attn1
+        ref = state.bank.get(key, n.device, n.dtype)
         flags = state.use_reference.to(n.device).view(-1, 1, 1)
         keys = context_attn1 if context_attn1 is not None else n
         values = value_attn1 if value_attn1 is not None else keys
@@ -314,11 +312,13 @@ class ReferenceAttention:
                 return v.expand(-1, q.shape[1], -1).to(q.dtype)
             return self._attend(func, q, k, v, heads, *args, **kwargs)
         state.pending = None
-        if q.shape[1] != read.tokens or args or kwargs.get("mask") is not None or kwargs.get("skip_reshape"):
+        # fewer queries than tokens is fine (TomePatchModel merges the queries, never the keys)
+        bad_shape = q.shape[1] > read.tokens or q.shape[0] != k.shape[0]
+        if bad_shape or args or kwargs.get("mask") is not None or kwargs.get("skip_reshape"):
             raise IncompatibleModelError(
-                "an X-NeMo block's self-attention was called in an unexpected form (mask or "
-                "pre-shaped heads): another custom node patches attn1 in a way X-NeMo's "
-                "reference read does not support; disable it for X-NeMo models"
+                "an X-NeMo block's self-attention was called in an unexpected form (mask, pre-shaped heads, more "
+                "queries than tokens, or query rows split into tiles): another custom node patches attn1 in a way "
+                "X-NeMo's reference read does not support; disable it for X-NeMo models"
             )
         k_ref, v_ref = (t.to(device=q.device, dtype=q.dtype) for t in read.keys_values)
         outs = []

@@ -40,7 +40,8 @@ from ..pure.constants import (
 )
 from ..pure.errors import IncompatibleModelError, XNeMoError
 from ..pure.windows import context_windows, frames_per_call, window_offsets, windows_per_step
-from .unet_patch import KEY, MOTION_COND, is_xnemo_model
+from . import core_patches
+from .unet_patch import KEY, MOTION_COND, has_xnemo_schedule, is_xnemo_model
 
 DEFAULT = "xnemo_ddim"
 SAMPLERS = (DEFAULT, *comfy.samplers.KSampler.SAMPLERS)
@@ -287,13 +288,15 @@ def sample_animation(
     settings: SampleSettings,
     *,
     noise: torch.Tensor | None = None,
+    noise_mask: torch.Tensor | None = None,
     offsets: list[int] | None = None,
     callback: Callable | None = None,
     on_window: Callable[[int, int], None] | None = None,
     disable_pbar: bool = True,
 ) -> torch.Tensor:
     """Sample a clip. latent_image: [F, 4, h, w] unscaled LATENT samples (the blurred reference from Reference
-    Condition). `noise` and `offsets` override the seeded ones (parity tests feed the official run's). Returns the
+    Condition). `noise` and `offsets` override the seeded ones (parity tests feed the official run's); `noise_mask`
+    is the LATENT's inpainting mask (ComfyUI's, as KSampler uses it: DifferentialDiffusion reads it). Returns the
     final latent [F, 4, h, w], unscaled (decode with VAE Decode)."""
     if not is_xnemo_model(model):
         raise IncompatibleModelError("Sample Animation needs the MODEL output of Load X-NeMo")
@@ -307,6 +310,12 @@ def sample_animation(
         closed_loop=settings.closed_loop,
         offsets=offsets if offsets is not None else run_offsets(settings),
         on_window=on_window,
+    )
+    per_step = windows_per_step(
+        frames, settings.context_length, settings.context_overlap, plan.offsets, plan.closed_loop
+    )
+    core_patches.refuse(
+        model.model_options, has_xnemo_schedule(model), max(per_step, default=1), wrappers=model.wrappers
     )
     model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, KEY, plan.calc_cond_batch)
     model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING, KEY, plan.prepare_sampling)
@@ -327,6 +336,7 @@ def sample_animation(
         positive,
         negative,
         latent_image,
+        noise_mask=noise_mask,
         callback=callback,
         disable_pbar=disable_pbar,
         seed=settings.seed,

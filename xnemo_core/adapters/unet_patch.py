@@ -30,6 +30,7 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock, SpatialTran
 from ..pure.constants import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS, PATCH_KEY
 from ..pure.errors import IncompatibleModelError
 from ..pure.layers import XNeMoSite, sdpa_attention
+from . import core_patches
 from .reference_bank import (
     ReferenceAttention,
     ReferenceAttentionPatch,
@@ -66,12 +67,11 @@ class CallState:
     bank: ReferenceBank | None
     frames: int  # frames per chunk (temporal attention runs over these)
     unet: torch.nn.Module | None = None  # the UNetModel being run (finds each block's attn1)
-    replace_patched: bool = False  # an attn1 replace patch is active: read the bank the concatenating way
+    replaced: frozenset = frozenset()  # blocks with another node's attn1 replace patch ((kind, id) or block_key)
     weights_generation: int = 0  # reference_bank.weights_generation of `unet` when the call started
     pending: object = None  # reference_bank.ReferenceRead handed from the attn1 patch to attention
     segments: list = field(default_factory=list)  # (start, stop, reads reference) runs of rows
     projections: dict = field(default_factory=dict)  # block key -> reference (keys, values), see prepare_reads
-    references: dict = field(default_factory=dict)  # block key -> bank entry in the compute dtype (replace-patch read)
 
     def __post_init__(self):
         flags = self.use_reference.tolist()
@@ -82,6 +82,10 @@ class CallState:
             else:
                 self.segments.append([i, i + 1, reads])
         self.reads_reference = any(flags)
+
+    def is_replaced(self, key: tuple) -> bool:
+        """Another node replaces this block's attn1 (core_patches.ReferenceReplace reads the reference there)."""
+        return bool(self.replaced) and (key in self.replaced or key[:2] in self.replaced)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -171,7 +175,7 @@ def apply_model_wrapper(executor, x, t, c_concat, c_crossattn, control, transfor
             )
         _check_window(frame_ids, transformer_options, rows // chunks)
         flags = torch.zeros(rows, dtype=torch.bool) if use_ref is None else use_ref.reshape(rows) > 0.5
-        replaced = bool(transformer_options.get("patches_replace", {}).get("attn1"))
+        transformer_options, replaced = core_patches.wrap_replace_patches(transformer_options)
         base = executor.class_obj
         unet = getattr(base.diffusion_model, "_orig_mod", base.diffusion_model)  # under a compile wrapper too
         state = CallState(
@@ -180,7 +184,7 @@ def apply_model_wrapper(executor, x, t, c_concat, c_crossattn, control, transfor
             bank=bank,
             frames=rows // chunks,
             unet=unet,
-            replace_patched=replaced,
+            replaced=replaced,
             weights_generation=weights_generation(unet),
         )
         prepare_reads(state, x.device, _compute_dtype(base))
@@ -222,28 +226,17 @@ def _check_window(frame_ids, transformer_options: dict, frames: int) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def refuse_core_context_windows(executor, *args, **kwargs):
-    """OUTER_SAMPLE wrapper: core Context Windows nodes cannot window X-NeMo's frames-as-batch latents (their step
-    lookup fails on per-frame timesteps before any model call), so say what to use instead; MultiGPU CFG Split is
-    refused until a multi-GPU run proves it."""
-    options = executor.class_obj.model_options
-    if options.get("context_handler") is not None:
-        raise IncompatibleModelError(
-            "core Context Windows cannot run an X-NeMo model: remove the Context Windows node and sample with X-NeMo "
-            "Sample Animation, which runs the official overlapping windows itself (context_length, context_overlap)"
-        )
-    patcher = getattr(executor.class_obj, "model_patcher", None)
-    extra_devices = patcher.get_additional_models_with_key("multigpu") if patcher is not None else []
-    if extra_devices or len(options.get("multigpu_clones") or {}) > 1:
-        # ComfyUI >= 0.4's MultiGPU CFG Split deep-clones the model per device and splits the cond/uncond rows. The
-        # X-NeMo bank and sites ride on the main model's additional models and transformer_options; no multi-GPU run
-        # has shown that every clone gets them with its rows, so it is refused rather than trusted.
-        raise IncompatibleModelError(
-            "MultiGPU CFG Split is not supported with X-NeMo yet (no multi-GPU run has proven that each device gets "
-            "the reference bank and motion with its rows): remove the MultiGPU CFG Split node; X-NeMo Sample "
-            "Animation runs on one device"
-        )
+def refuse_incompatible_patches(executor, *args, **kwargs):
+    """OUTER_SAMPLE wrapper (core KSampler and Sample Animation alike): refuse, before any model call, the nodes whose
+    patches cannot hold on X-NeMo (core_patches.refusals: core Context Windows, MultiGPU CFG Split, a replaced
+    schedule, PerpNeg, ...)."""
+    guider = executor.class_obj
+    core_patches.refuse(guider.model_options, has_xnemo_schedule(guider.model_patcher), guider=guider)
     return executor(*args, **kwargs)
+
+
+def has_xnemo_schedule(model: comfy.model_patcher.ModelPatcher) -> bool:
+    return isinstance(model.get_model_object("model_sampling"), XNeMoModelSampling)
 
 
 def release_banks_after_run(executor, *args, **kwargs):
@@ -273,7 +266,7 @@ def apply_xnemo(
     model.set_model_forward_timestep_embed_patch((XNeMoSite, site_handler))
     model.set_model_attn1_patch(ReferenceAttentionPatch())
     model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, KEY, apply_model_wrapper)
-    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KEY, refuse_core_context_windows)
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KEY, refuse_incompatible_patches)
     model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KEY, release_banks_after_run)
     for moment in (comfy.patcher_extension.CallbacksMP.ON_LOAD, comfy.patcher_extension.CallbacksMP.ON_APPLY_HOOKS):
         model.add_callback_with_key(moment, KEY, note_weights_patched)
