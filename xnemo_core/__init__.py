@@ -27,6 +27,7 @@ adapters/ (ComfyUI side: may import pure/ and comfy, never pipeline or nodes)
     reference_bank  the reference bank: class, block key, writer (ReferenceNet pass), reader (attn1 patch + attention
                     override: reference keys/values projected once, CPU SDPA)
     sampling        official DDIM on ComfyUI samplers, start latent, windowed CFG
+    resume          resumable renders: content-hashed render key, per-step checkpoints, step-by-step sampler, time left
     vae             the SVD VAE from the files users have, VAE checks, reference latent, official fixed-chunk decode
     clip            CLIP ViT-L/14 check and the official image embedding of the reference crop
 

@@ -41,6 +41,7 @@ FORMAT = "xnemo-resume/1"
 FOLDER = "xnemo_resume"  # under ComfyUI's output folder
 PREFIX = "xnemo_resume_"
 MAX_CHECKPOINTS = 4
+STALE_TEMP_S = 600  # a temp file this old was left by a process killed mid-write (never one another render writes)
 # Samplers whose step i is a function of (x_i, sigma_i, sigma_i+1) and the model only: run step by step, they give the
 # plain run's clip bit for bit. "xnemo_ddim" and "ddim" are ComfyUI's euler on their schedules.
 RESUMABLE = ("xnemo_ddim", "ddim", "euler", "euler_cfg_pp", "heun", "dpm_2")
@@ -178,8 +179,10 @@ def digest(value) -> str:
 
 def render_parts(model, positive, negative, latent, noise, sigmas, offsets, settings) -> dict[str, str]:
     """One digest per input that decides the result (the key is their digest; the names make a mismatch readable)."""
-    import comfyui_version  # ComfyUI's own version file, at its root
-
+    try:
+        from comfyui_version import __version__ as comfyui  # ComfyUI's own version file, at its root
+    except ImportError:
+        comfyui = "unknown"
     settings_dict = dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else dict(settings)
     parts = {"model": digest(model), "positive": digest(positive), "negative": digest(negative)}
     parts["latent"] = tensor_digest(latent)
@@ -187,7 +190,7 @@ def render_parts(model, positive, negative, latent, noise, sigmas, offsets, sett
     parts["sigmas"] = tensor_digest(sigmas)
     parts["offsets"] = digest(list(offsets))
     parts.update({name: digest(value) for name, value in sorted(settings_dict.items())})
-    parts["versions"] = digest((FORMAT, comfyui_version.__version__, torch.__version__))
+    parts["versions"] = digest((FORMAT, comfyui, torch.__version__))
     return parts
 
 
@@ -218,9 +221,14 @@ class CheckpointStore:
         return self.folder / f"{PREFIX}{key[:32]}.safetensors"
 
     def files(self) -> list[Path]:
-        if not self.folder.is_dir():
-            return []
-        return sorted(self.folder.glob(f"{PREFIX}*.safetensors"), key=lambda p: p.stat().st_mtime)
+        """This folder's checkpoints, oldest first."""
+        found = []
+        for path in self.folder.glob(f"{PREFIX}*.safetensors") if self.folder.is_dir() else ():
+            try:
+                found.append((path.stat().st_mtime, path))
+            except FileNotFoundError:  # removed meanwhile (another render's eviction)
+                continue
+        return [path for _, path in sorted(found)]
 
     def save(self, key: str, parts: dict, step: int, steps: int, latent: torch.Tensor, offsets: list[int]) -> Path:
         """Write temp then os.replace: a reader sees the old file or the new one, never half of one."""
@@ -252,8 +260,11 @@ class CheckpointStore:
             log.info("X-NeMo resume: removing the oldest checkpoint %s (at most %d are kept)", old.name, self.limit)
             old.unlink(missing_ok=True)
         for stale in self.folder.glob(f"{PREFIX}*.tmp"):  # left by a process killed mid-write
-            if not stale.name.endswith(f".{os.getpid()}.tmp"):
-                stale.unlink(missing_ok=True)
+            try:
+                if time.time() - stale.stat().st_mtime > STALE_TEMP_S:
+                    stale.unlink(missing_ok=True)
+            except FileNotFoundError:
+                continue
 
     def remove(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
