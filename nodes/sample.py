@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import os
+
 import comfy.utils
+import folder_paths
 import latent_preview
 import torch
 from comfy_api.latest import io
 
+from ..xnemo_core.adapters import resume as resume_room
 from ..xnemo_core.adapters import sampling
 from ..xnemo_core.pure.constants import (
     DEFAULT_CFG,
@@ -18,7 +23,7 @@ from ..xnemo_core.pure.constants import (
     MAX_STEPS,
     TEMPORAL_MAX_FRAMES,
 )
-from ..xnemo_core.pure.windows import OFFSET_MODES
+from ..xnemo_core.pure.windows import OFFSET_MODES, windows_per_step
 from .checks import check_named
 from .types import CATEGORY
 
@@ -132,6 +137,16 @@ class XNeMoSampleAnimation(io.ComfyNode):
                     "(minutes), later runs with the same sizes are faster; needs a working "
                     "compiler toolchain. Off: no compilation.",
                 ),
+                io.Boolean.Input(
+                    "resume",
+                    default=True,
+                    optional=True,
+                    tooltip="Write a checkpoint after every step (one latent of the clip, in the output "
+                    f"folder's {resume_room.FOLDER}/, at most {resume_room.MAX_CHECKPOINTS} files, removed when "
+                    "the render completes), so queueing the same graph after a cancel or a crash goes on "
+                    "where it stopped, with the same result. Samplers with state between steps "
+                    "(dpmpp_2m, ancestral, SDE, ...) always start over. Off: no files written.",
+                ),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="Sampled frames; decode with X-NeMo VAE Decode.")],
             is_experimental=True,
@@ -194,6 +209,7 @@ class XNeMoSampleAnimation(io.ComfyNode):
         offset_mode: str,
         preset: str = "custom",
         compile: bool = False,
+        resume: bool = True,
     ) -> io.NodeOutput:
         samples: torch.Tensor = latent["samples"]
         settings = sampling.apply_preset(
@@ -215,19 +231,30 @@ class XNeMoSampleAnimation(io.ComfyNode):
         steps = settings.steps
         frames = samples.shape[0]
         settings.validate(frames)
-        total = sampling.total_windows(frames, settings)
+        offsets = sampling.run_offsets(settings)
+        per_step = windows_per_step(frames, settings.context_length, settings.context_overlap, offsets, closed_loop)
+        total = sum(per_step)
         bar = comfy.utils.ProgressBar(total)
         previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
-        windows_done = [0]
+        clock = resume_room.StepClock(steps, per_step)
+        windows_done = [0, 0]  # [windows before the resumed step, windows run here]
+
+        def on_resume(step: int, _steps: int):  # the bar starts at the resumed step
+            clock.resumed(step)
+            windows_done[0] = clock.windows_before(step)
+            bar.update_absolute(windows_done[0], total)
 
         def on_window(done: int, _):
-            windows_done[0] = min(done, total)
-            bar.update_absolute(windows_done[0], total)
+            windows_done[1] = done
+            bar.update_absolute(min(sum(windows_done), total), total)
 
         def on_step(step: int, x0: torch.Tensor, x: torch.Tensor, total_steps: int):
             preview = previewer.decode_latent_to_preview_image("JPEG", x0[:1]) if previewer else None
-            bar.update_absolute(windows_done[0], total, preview)
+            bar.update_absolute(min(sum(windows_done), total), total, preview)
+            logging.getLogger("xnemo").info(clock.line(step + 1))
 
+        store = resume_room.CheckpointStore(os.path.join(folder_paths.get_output_directory(), resume_room.FOLDER))
+        options = resume_room.ResumeOptions(store, on_resume=on_resume) if resume else None
         out = sampling.sample_animation(
             model,
             positive,
@@ -237,6 +264,7 @@ class XNeMoSampleAnimation(io.ComfyNode):
             noise_mask=latent.get("noise_mask"),
             callback=on_step,
             on_window=on_window,
+            resume=options,
         )
         return io.NodeOutput({"samples": out}, ui={"xnemo_frames": [frames]})
 

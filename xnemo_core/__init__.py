@@ -29,6 +29,7 @@ adapters/ (ComfyUI side: may import pure/ and comfy, never pipeline or nodes)
                     override: reference keys/values projected once, CPU SDPA)
     core_patches    other nodes' MODEL patches: reference read around attn1 replace patches, refusals at sampling start
     sampling        official DDIM on ComfyUI samplers, start latent, windowed CFG
+    resume          resumable renders: content-hashed render key, per-step checkpoints, step-by-step sampler, time left
     vae             the SVD VAE from the files users have, VAE checks, reference latent, official fixed-chunk decode
     clip            CLIP ViT-L/14 check and the official image embedding of the reference crop
     video_out       LATENT -> MP4 chunk by chunk: official decode, paste back, H.264 + audio (Save Video, streaming)

@@ -16,6 +16,7 @@ Motion tokens and the reference bank arrive ready-made in the conditioning: noth
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -41,6 +42,7 @@ from ..pure.constants import (
 from ..pure.errors import IncompatibleModelError, XNeMoError
 from ..pure.windows import context_windows, frames_per_call, window_offsets, windows_per_step
 from . import core_patches
+from .resume import ResumableRun, ResumeOptions
 from .unet_patch import KEY, MOTION_COND, has_xnemo_schedule, is_xnemo_model
 
 DEFAULT = "xnemo_ddim"
@@ -293,16 +295,19 @@ def sample_animation(
     callback: Callable | None = None,
     on_window: Callable[[int, int], None] | None = None,
     disable_pbar: bool = True,
+    resume: ResumeOptions | None = None,
 ) -> torch.Tensor:
     """Sample a clip. latent_image: [F, 4, h, w] unscaled LATENT samples (the blurred reference from Reference
     Condition). `noise` and `offsets` override the seeded ones (parity tests feed the official run's); `noise_mask`
-    is the LATENT's inpainting mask (ComfyUI's, as KSampler uses it: DifferentialDiffusion reads it). Returns the
-    final latent [F, 4, h, w], unscaled (decode with VAE Decode)."""
+    is the LATENT's inpainting mask (ComfyUI's, as KSampler uses it: DifferentialDiffusion reads it). `resume`:
+    checkpoint every step and go on from this render's checkpoint (adapters/resume). Returns the final latent
+    [F, 4, h, w], unscaled (decode with VAE Decode)."""
     if not is_xnemo_model(model):
         raise IncompatibleModelError("Sample Animation needs the MODEL output of Load X-NeMo")
     frames = latent_image.shape[0]
     settings.validate(frames)
     check_conditioning_frames(positive, negative, frames)
+    given = model
     model = model.clone()
     plan = WindowPlan(
         length=settings.context_length,
@@ -327,6 +332,23 @@ def sample_animation(
     sampler = comfy.samplers.sampler_object("euler" if settings.sampler_name == DEFAULT else settings.sampler_name)
     if noise is None:
         noise = comfy.sample.prepare_noise(latent_image, settings.seed)
+    if resume is not None and noise_mask is not None:
+        logging.info("X-NeMo: no resume checkpoints for a latent with a noise mask (the mask is not in the key)")
+        resume = None
+    if resume is not None:
+        run = ResumableRun.start(
+            resume,
+            settings.sampler_name,
+            given,
+            positive,
+            negative,
+            latent_image,
+            noise,
+            sigmas,
+            plan.offsets,
+            settings,
+        )
+        sampler = sampler if run is None else run.wrap(sampler)
     return comfy.sample.sample_custom(
         model,
         noise,
