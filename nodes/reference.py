@@ -7,6 +7,7 @@ import torch
 from comfy_api.latest import io
 
 from ..xnemo_core.pipeline import FaceOptions, reference_condition
+from ..xnemo_core.pure import face_crop
 from ..xnemo_core.pure.motion_ops import MAX_STRENGTH
 from ..xnemo_core.pure.payloads import MotionSequence
 from .checks import check_named
@@ -83,6 +84,16 @@ class XNeMoReferenceCondition(io.ComfyNode):
                     "portrait's own). Only with Encode Motion's f_rts_mode 'relative': 'official' "
                     "motion has none.",
                 ),
+                io.Combo.Input(
+                    "crop_mode",
+                    options=list(face_crop.REFERENCE_CROP_MODES),
+                    default=face_crop.DEFAULT_REFERENCE_CROP_MODE,
+                    optional=True,
+                    tooltip="How a non-square width x height is cut from the portrait (square sizes give the "
+                    "same crop either way). official: the official square crop (about 2x the face) resized to "
+                    "width x height, so the face is stretched to that shape, as in the official code. widen: the "
+                    "box grows to the output's shape, so the face keeps its proportions (not the official).",
+                ),
             ],
             outputs=[
                 io.Conditioning.Output(
@@ -114,9 +125,10 @@ class XNeMoReferenceCondition(io.ComfyNode):
         height: int | None = None,
         detector: str | None = None,
         face_order: str | None = None,
+        crop_mode: str | None = None,
     ) -> bool | str:
         # Named inputs only: ComfyUI's own checks stay on for the rest (see nodes/checks.py).
-        checked = check_named(cls, detector=detector, face_order=face_order)
+        checked = check_named(cls, detector=detector, face_order=face_order, crop_mode=crop_mode)
         if checked is not True:
             return checked
         for name, value in (("width", width), ("height", height)):
@@ -142,6 +154,7 @@ class XNeMoReferenceCondition(io.ComfyNode):
         face_order: str,
         motion_strength: float = 1.0,
         head_strength: float = 1.0,
+        crop_mode: str = face_crop.DEFAULT_REFERENCE_CROP_MODE,
     ) -> io.NodeOutput:
         if not isinstance(motion, MotionSequence):
             raise ValueError("motion must come from X-NeMo Encode Motion or Interpolate Motion")
@@ -163,6 +176,7 @@ class XNeMoReferenceCondition(io.ComfyNode):
             progress=lambda done, total: bar.update_absolute(done, total),
             motion_strength=motion_strength,
             head_strength=head_strength,
+            crop_mode=crop_mode,
         )
         return io.NodeOutput(
             result.positive, result.negative, {"samples": result.latent}, result.crop, result.crop_image

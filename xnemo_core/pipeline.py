@@ -126,9 +126,12 @@ def reference_condition(
     progress: Progress | None = None,
     motion_strength: float = 1.0,
     head_strength: float = 1.0,
+    crop_mode: str = face_crop.DEFAULT_REFERENCE_CROP_MODE,
 ) -> ReferenceResult:
     """Crop the reference the official way, then CLIP embedding, VAE latent, ReferenceNet bank and the CFG pair.
 
+    crop_mode (`face_crop.REFERENCE_CROP_MODES`) picks how a non-square width x height is cut: the official square
+    crop resized to it, or a box widened to its aspect (`face_crop.reference_crop`).
     motion_strength / head_strength below 1 move the driving motion towards the portrait's own (its face feature,
     and the head position/zoom f_rts) before it goes into the positive branch: `motion_ops.toward_own_motion`.
     """
@@ -136,7 +139,7 @@ def reference_condition(
     vae_adapter.vae_kind(vae)
     image = face_track.as_rgb(image[:1], "image")
     box = reference_face_box(image, options.detector, options.face_index, options.face_order)
-    crop_image, crop = face_crop.reference_crop(image[0], box, height, width)
+    crop_image, crop = face_crop.reference_crop(image[0], box, height, width, mode=crop_mode)
     crop_image = crop_image.unsqueeze(0)
     steps = 4
     _tick(progress, 1, steps)
@@ -170,7 +173,8 @@ def encode_reference(
     """(CLIP image embedding [1, 1, 768], reference latent [1, 4, h, w] x 0.18215), as the official computes them.
 
     CLIP sees the official 512 px square crop (bicubic to 224 inside `clip_image_embedding`) whatever the output size;
-    the VAE sees `crop_image` [1, height, width, 3], the official crop Lanczos-resized to the output size."""
+    the VAE sees `crop_image` [1, height, width, 3] (`face_crop.reference_crop`: in crop mode `official`, the official
+    crop Lanczos-resized to the output size)."""
     square = face_crop.official_reference_crop(face_crop.to_u8(image), box).pixels
     return clip.clip_image_embedding(clip_vision, square), vae_adapter.encode_reference(vae, crop_image)
 

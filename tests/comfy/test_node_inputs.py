@@ -88,6 +88,12 @@ def test_empty_inputs_name_the_input(xnemo, portrait):
         XNeMoReferenceCondition.execute(xnemo[1], portrait[:0], None, None, motion, SIZE, SIZE, **FACE_ARGS)
 
 
+def test_reference_crop_mode_is_checked_at_queue_time():
+    assert XNeMoReferenceCondition.validate_inputs(crop_mode="widen") is True
+    message = XNeMoReferenceCondition.validate_inputs(crop_mode="stretch")
+    assert message.startswith("crop_mode is 'stretch', which is not one of: official, widen. Pick one from the list")
+
+
 def test_frame_count_above_the_cap(xnemo):
     latent = {"samples": torch.zeros(1, 4, 16, 16).expand(sampling.MAX_FRAMES + 1, -1, -1, -1)}
     with pytest.raises(

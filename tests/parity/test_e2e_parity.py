@@ -1,11 +1,13 @@
-"""End-to-end parity with the official X-NeMo on ../shared/fixtures/xnemo_e2e (XNEMO_E2E_DIR): pixels in, pixels out.
+"""End-to-end parity with the official X-NeMo on each end-to-end set: ../shared/fixtures/xnemo_e2e (512-style square
+output) and xnemo_e2e_portrait (96x128, non-square), or the folders in XNEMO_E2E_DIR. Pixels in, pixels out.
 
 The set's CLIP image encoder and SVD VAE are regenerated from its recipe.py into the files users download
 (e2e_weights.py), loaded by ComfyUI's loaders and the pack's nodes, and the chain runs node by node as a user wires it:
 Load X-NeMo, Load CLIP Vision, X-NeMo Load VAE, X-NeMo Encode Motion (BlazeFace) on the set's driving clip, X-NeMo
 Reference Condition on its portrait, X-NeMo Sample Animation with the official run's recorded noise, X-NeMo VAE Decode.
 Every stage the manifest lists is compared with its golden within the manifest's own tolerance
-(`golden.<name>.tolerance`); sizes, frame and step counts come from the manifest.
+(`golden.<name>.tolerance`); sizes, frame and step counts come from the manifest. Reference Condition runs in crop mode
+`official` (the official square crop resized to the output), the mode that reproduces the official at any size.
 
 Each stage is checked twice where it can be: fed the golden input of the stage (a failure points at that room), and
 as part of the chain (upstream float noise included, compared with the manifest's end-to-end tolerances).
@@ -31,6 +33,7 @@ from xnemo_pack.nodes.vae import XNeMoVAEDecode, XNeMoVAELoader
 from xnemo_pack.xnemo_core.adapters import clip as clip_adapter
 from xnemo_pack.xnemo_core.adapters import sampling
 from xnemo_pack.xnemo_core.adapters import vae as vae_adapter
+from xnemo_pack.xnemo_core.pipeline import reference_face_box
 from xnemo_pack.xnemo_core.pure import face_crop
 from xnemo_pack.xnemo_core.pure.constants import LATENT_SCALE
 from xnemo_pack.xnemo_core.pure.errors import IncompatibleModelError
@@ -204,6 +207,24 @@ def test_vae_input(e2e_golden, e2e_manifest):
     check(e2e_manifest, "pre.vae_input", (pixels * 2.0 - 1.0).movedim(-1, 1), e2e_golden["pre.vae_input"])
 
 
+@pytest.mark.parametrize("mode", face_crop.REFERENCE_CROP_MODES)
+def test_reference_crop_modes(mode, e2e_dir, e2e_golden, e2e_manifest):
+    """Crop mode `official` cuts the official VAE input at the set's size; `widen` differs only off the square."""
+    s = settings(e2e_manifest)
+    image = portrait(e2e_dir, e2e_manifest)
+    crop, info = face_crop.reference_crop(image[0], reference_face_box(image), s["H"], s["W"], mode=mode)
+    ours = (crop.unsqueeze(0) * 2.0 - 1.0).movedim(-1, 1)
+    if mode == "official" or s["W"] == s["H"]:
+        check(e2e_manifest, "pre.vae_input", ours, e2e_golden["pre.vae_input"])
+        x0, y0, x1, y1 = info.box
+        assert x1 - x0 == y1 - y0  # the official square box, resized to width x height
+    else:
+        # The widened box has the output's aspect (within a pixel's rounding): another picture than the official's.
+        x0, y0, x1, y1 = info.box
+        assert abs((y1 - y0) * s["W"] - (x1 - x0) * s["H"]) <= max(s["W"], s["H"])
+        assert max_abs(ours, e2e_golden["pre.vae_input"]) > 0.1
+
+
 def test_reference_latent(vae, e2e_golden, e2e_manifest):
     s = settings(e2e_manifest)
     pixels = vae_pixels(e2e_golden["pre.ref_crop_u8"], s["W"], s["H"])
@@ -325,7 +346,17 @@ def chain(xnemo, clip_vision, vae, e2e_dir, e2e_golden, e2e_inputs, e2e_manifest
             float(s["fps"]),
         ).args
         positive, negative, start, crop, _ = XNeMoReferenceCondition.execute(
-            bundle, portrait(e2e_dir, e2e_manifest), clip_vision, vae, motion, s["W"], s["H"], "blazeface", 0, "largest"
+            bundle,
+            portrait(e2e_dir, e2e_manifest),
+            clip_vision,
+            vae,
+            motion,
+            s["W"],
+            s["H"],
+            "blazeface",
+            0,
+            "largest",
+            crop_mode="official",
         ).args
     finally:
         mp.undo()

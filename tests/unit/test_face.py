@@ -252,10 +252,19 @@ def test_reference_crops(media_dir):
     assert big_info.box == (-56, -56, 568, 568)
     rows = round(56 * 512 / 624)
     assert big[: rows - 1].max() == 0 and big[:, : rows - 1].max() == 0 and big[rows + 1 : -rows - 1].max() > 0
-    # A portrait output grows the box to 3:4 instead of stretching the face.
+    # A portrait output, crop mode official (default): the official square crop, Lanczos-resized to 384 x 512.
+    square = face_crop.official_reference_crop(face_crop.to_u8(image), box)
     tall, tall_info = face_crop.reference_crop(image, box, 512, 384)
-    bx0, by0, bx1, by1 = tall_info.box
-    assert tall.shape == (512, 384, 3) and abs((by1 - by0) / (bx1 - bx0) - 4 / 3) < 0.01
+    assert tall_info.box == square.box and tall_info.crop_size == (512, 384)
+    assert torch.equal(tall, torch.from_numpy(face_crop.lanczos_resize(square.pixels, 512, 384)).float() / 255)
+    # Crop mode widen grows the box to 3:4 instead of stretching the face; a square output is the official either way.
+    wide, wide_info = face_crop.reference_crop(image, box, 512, 384, mode="widen")
+    bx0, by0, bx1, by1 = wide_info.box
+    assert wide.shape == (512, 384, 3) and abs((by1 - by0) / (bx1 - bx0) - 4 / 3) < 0.01
+    assert (wide - tall).abs().max() > 0.1
+    assert torch.equal(face_crop.reference_crop(image, box, 512, 512, mode="widen")[0], crop)
+    with pytest.raises(ValueError, match="crop_mode is 'stretch': pick one of official, widen"):
+        face_crop.reference_crop(image, box, 512, 384, mode="stretch")
     # Motion crop: 1.1x square inside the image, else the raw box.
     motion = face_crop.reference_motion_crop(image, box)
     assert motion.shape == (1, 3, 224, 224) and -1 <= motion.min() and motion.max() <= 1

@@ -1,8 +1,22 @@
 """The reference bank, writer and reader in one room.
 
 Writer: the ReferenceNet runs once per clip at t=0 on the clean reference latent; its attn1 inputs (post-norm1
-hidden states) form the bank. Reader: an attn1 patch on the denoising UNet appends the bank to attn1's keys/values.
-Both sides name a transformer block by `block_key`.
+hidden states) form the bank. Reader: the denoising UNet's attn1 appends the bank to its keys/values. Both sides name
+a transformer block by `block_key`.
+
+The read is split in two halves, because no single ComfyUI hook knows both the block and the projected q/k/v
+(diagram: docs/architecture.md, "The path of one attention call"):
+1. `ReferenceAttentionPatch`, an attn1_patch, runs in BasicTransformerBlock before attn1: it knows the block
+   (`block_key`) but sees only hidden states. It finds the block's bank entry and its attn1 module and leaves them
+   as a note, `ReferenceRead`, in `CallState.pending`.
+2. `ReferenceAttention`, the optimized_attention_override, runs inside that attn1's attention call: it has q/k/v but
+   not the block. It takes the note (and clears it), appends the entry's keys/values (`ReferenceBank.projected`:
+   the block's to_k/to_v of the bank, made once per bank) to the rows that read the reference, and attends.
+The note travels on the shared `CallState` object because ComfyUI hands the patch a copy of transformer_options
+(`extra_options`) and the attention call the original: a new key would be lost, the object is the same in both.
+attn1_patch -> attn1 -> attention follow each other with nothing in between, so at most one note is pending; every
+other attention call (attn2, the sites) finds none. With an attn1 *replace* patch (which never reaches the override),
+the patch appends the bank to the keys/values itself.
 
 The official pipeline runs it at denoising step 0 with a CFG batch (zero CLIP embedding, CLIP embedding). Only the
 conditional row is ever read (the unconditional branch does plain self-attention), so one row is run here.

@@ -11,6 +11,16 @@ The official pipeline and this one compute the same thing:
   the clip (closed loop); overlapping predictions are averaged, then CFG is applied (linear, so the order does not
   matter).
 Motion tokens and the reference bank arrive ready-made in the conditioning: nothing is recomputed per window or step.
+
+How a window reaches the UNet (two ComfyUI wrappers; diagram in docs/architecture.md, "The path of one attention
+call"). The latent is frames-as-batch, [F, 4, h, w], and ComfyUI never tells a wrapper which of its tensors are per
+frame, so both wrappers go by shapes:
+1. `WindowPlan.calc_cond_batch` (CALC_COND_BATCH) cuts x, per-frame timesteps and every processed model_cond whose
+   first dimension is F (motion tokens, reference flags, frame ids; not the shared CLIP embedding `c_crossattn` nor
+   the bank, a CONDConstant) to the window's frames, calls ComfyUI once per window and averages the overlaps.
+2. ComfyUI then stacks the window's cond and uncond rows into one batch; the DIFFUSION_MODEL wrapper
+   (`unet_patch.diffusion_model_wrapper`) reads the window length back as rows // len(cond_or_uncond), which the
+   temporal layers need to know where one clip of frames ends and the next begins.
 """
 
 from __future__ import annotations

@@ -6,9 +6,11 @@ What gets attached to a clone of the denoising MODEL, all under the key "xnemo":
   PatcherInjection only while the model is patched;
 - a `forward_timestep_embed_patch` so the sites receive `transformer_options` (per-row motion tokens, frame count);
 - an APPLY_MODEL wrapper that moves X-NeMo's conditioning (`xnemo_motion`, `xnemo_ref`, `xnemo_bank`, carried in
-  CONDITIONING `model_conds`) from the model kwargs into `transformer_options["xnemo"]`, with everything the call
-  needs worked out on the host before the UNet runs (row segments, projected reference keys/values), so a compiled
-  UNet (Sample Animation's `compile`) traces without graph breaks;
+  CONDITIONING `model_conds`) from the model kwargs into `transformer_options["xnemo"]` (a `CallState`), with
+  everything the call needs worked out on the host before the UNet runs (row segments, projected reference
+  keys/values), so a compiled UNet (Sample Animation's `compile`) traces without graph breaks. The batch it gets is
+  len(cond_or_uncond) chunks of one window's frames (sampling.py cut them), so frames per chunk = rows // chunks: the
+  length the temporal layers attend over (under core context windows, checked against the frame ids the rows carry);
 - an `attn1_patch` and, per call, an `optimized_attention_override` (reference_bank) through which rows that use the
   reference attend to [own keys ; reference keys] and the others (the unconditional branch) do plain self-attention;
 - the X-NeMo noise schedule (scaled-linear betas 0.00085..0.02, computed in float32 as the official DDIM) as a

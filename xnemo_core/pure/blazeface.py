@@ -12,6 +12,12 @@ whole path in torch, batched over frames, on the caller's device:
    to +-100), score threshold 0.5;
 4. weighted non-maximum suppression (IoU > 0.3: score-weighted mean of the overlapping boxes, the best score kept);
 5. projection out of the letterbox into the frame and truncation to whole pixels, as the Tasks API returns them.
+
+The warp in step 1 is integer arithmetic, so the input is bit-exact with MediaPipe's: each output pixel's source
+position is rounded to 1/32 pixel (`INTER_BITS`), which splits it into a whole pixel and a fraction f of 0..31; the
+two neighbours along an axis get weights 32 - f and f. A pixel is the sum of its four neighbours times the products
+of their row and column weights (1/1024 units), scaled to OpenCV's 15-bit coefficients (x `COEF_FROM_WEIGHT_PRODUCT`)
+and rounded back to uint8 (+ `COEF_ROUND`, >> `INTER_REMAP_COEF_BITS`). Only then does it become float.
 """
 
 from __future__ import annotations
@@ -39,6 +45,15 @@ MIN_SCORE = 0.5
 MIN_SUPPRESSION_IOU = 0.3
 SCORE_CLIP = 100.0
 ANCHOR_STRIDES = (8, 16, 16, 16)
+
+# OpenCV's fixed-point bilinear sampling (imgproc's INTER_BITS / INTER_REMAP_COEF_BITS), which MediaPipe's CPU
+# letterbox warp (warpPerspective, INTER_LINEAR) uses on uint8 frames; see `Warp` and `model_input`.
+INTER_BITS = 5  # a source position is rounded to 1/32 pixel: whole pixel = fixed >> 5, fraction = fixed & 31
+INTER_TAB_SIZE = 1 << INTER_BITS  # 32 steps per pixel; a 1-D weight pair is (32 - fraction, fraction)
+INTER_REMAP_COEF_BITS = 15  # bilinear weights are 15-bit fixed point: the four of a pixel sum to 1 << 15
+# wx * wy has 2 * INTER_BITS = 10 fractional bits; times 32 it is OpenCV's 15-bit coefficient
+COEF_FROM_WEIGHT_PRODUCT = 1 << (INTER_REMAP_COEF_BITS - 2 * INTER_BITS)
+COEF_ROUND = 1 << (INTER_REMAP_COEF_BITS - 1)  # + 0.5 before the shift: (sum + 2^14) >> 15 rounds to nearest
 
 
 class BlazeFaceModelError(XNeMoError):
@@ -382,10 +397,11 @@ def make_warp(box: Letterbox, device: torch.device | str = "cpu") -> Warp:
     grid = torch.arange(size, dtype=torch.float64)
 
     def axis(start: float, step: float, limit: int):
-        fixed = torch.round((grid * step + start) * 32).to(torch.int64)  # cvRound: half to even
-        lo, frac = fixed >> 5, fixed & 31
+        fixed = torch.round((grid * step + start) * INTER_TAB_SIZE).to(torch.int64)  # cvRound: half to even
+        lo, frac = fixed >> INTER_BITS, fixed & (INTER_TAB_SIZE - 1)
         hi = lo + 1
-        w = torch.stack([32 - frac, frac]) * torch.stack([(lo >= 0) & (lo < limit), (hi >= 0) & (hi < limit)])
+        inside = torch.stack([(lo >= 0) & (lo < limit), (hi >= 0) & (hi < limit)])
+        w = torch.stack([INTER_TAB_SIZE - frac, frac]) * inside
         return (
             lo.clamp(0, limit - 1).to(device),
             hi.clamp(0, limit - 1).to(device),
@@ -424,7 +440,7 @@ def letterbox_pixels(frames: torch.Tensor, warp: Warp) -> torch.Tensor:
     acc = columns(rows(warp.y0)) * warp.wy[0].view(1, -1, 1, 1)
     if warp.need_y1:
         acc += columns(rows(warp.y1)) * warp.wy[1].view(1, -1, 1, 1)
-    return ((acc * 32 + (1 << 14)) >> 15).clamp_(0, 255).to(torch.uint8)
+    return ((acc * COEF_FROM_WEIGHT_PRODUCT + COEF_ROUND) >> INTER_REMAP_COEF_BITS).clamp_(0, 255).to(torch.uint8)
 
 
 def normalise(pixels: torch.Tensor) -> torch.Tensor:

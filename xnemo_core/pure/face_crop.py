@@ -24,6 +24,11 @@ from .face_track import FaceTrack
 from .payloads import CropInfo
 
 F_RTS_MODES = ("official", "relative")
+# How a non-square output is cut from the reference (square outputs are the official crop either way).
+# official: the official square crop resized to the output, so the face is stretched to its shape (equal to the
+# official code); widen: the box grown to the output's aspect, so the face keeps its proportions (departure).
+REFERENCE_CROP_MODES = ("official", "widen")
+DEFAULT_REFERENCE_CROP_MODE = "official"
 OFFICIAL_REFERENCE_SIZE = 512  # crop_bbox_from_frames' image_shape: the reference crop is made at 512 px
 
 
@@ -296,7 +301,7 @@ def clip_input_crop(reference_pixels: np.ndarray) -> np.ndarray:
 def reference_box(
     face_box: Sequence[float], image_size: tuple[int, int], height: int, width: int, increase: float = 0.5
 ) -> tuple[int, int, int, int]:
-    """Reference box for a non-square output (departure: the official always crops a square and stretches it): the
+    """Reference box of crop mode `widen` (departure: the official always crops a square and stretches it): the
     official ~2x box with its short side grown to the output's aspect, shifted inside per axis where it fits."""
     x0, y0, x1, y1 = _aspect_box(face_box, increase)
     bw, bh = x1 - x0, y1 - y0
@@ -317,18 +322,26 @@ def reference_box(
 
 
 def reference_crop(
-    image: torch.Tensor, face_box: Sequence[float], height: int, width: int, increase: float = 0.5
+    image: torch.Tensor,
+    face_box: Sequence[float],
+    height: int,
+    width: int,
+    increase: float = 0.5,
+    mode: str = DEFAULT_REFERENCE_CROP_MODE,
 ) -> tuple[torch.Tensor, CropInfo]:
-    """The reference crop fed to the VAE, ReferenceNet and CLIP: [height, width, 3] 0..1, plus where it came from.
+    """The reference crop fed to the VAE and the ReferenceNet: [height, width, 3] 0..1, plus where it came from.
 
-    Square outputs are the official crop (`official_reference_crop`, 512 px), resized with Lanczos when another size
-    is asked for (the official pipeline's VaeImageProcessor does the same with -W/-H). Non-square outputs grow the
-    box to the output's aspect instead of stretching the face (departure).
+    `official` (and every square output): the official crop (`official_reference_crop`, 512 px) Lanczos-resized to
+    height x width, as the official pipeline's VaeImageProcessor does with -W/-H; a non-square output stretches the
+    face to its shape. `widen`, non-square outputs only: the box grown to the output's aspect (`reference_box`), so
+    the face keeps its proportions (departure: not the official picture).
     """
+    if mode not in REFERENCE_CROP_MODES:
+        raise ValueError(f"crop_mode is {mode!r}: pick one of {', '.join(REFERENCE_CROP_MODES)}")
     image = image[0] if image.ndim == 4 else image
     pixels = to_u8(image)
     size = (int(pixels.shape[0]), int(pixels.shape[1]))
-    if height == width:
+    if height == width or mode == "official":
         official = official_reference_crop(pixels, face_box, OFFICIAL_REFERENCE_SIZE, increase)
         crop, box = lanczos_resize(official.pixels, height, width), official.box
     else:
