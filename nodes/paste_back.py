@@ -10,6 +10,15 @@ from ..xnemo_core.pure.payloads import CropInfo
 from .types import CATEGORY, XNeMoCrop
 
 
+def feather_input(tooltip: str, optional: bool = False):
+    """Paste back's soft edge, the same widget in Paste Back and Save Video."""
+    return io.Float.Input("feather", default=0.1, min=0.0, max=0.5, step=0.01, optional=optional, tooltip=tooltip)
+
+
+def color_match_input(tooltip: str, optional: bool = False):
+    return io.Boolean.Input("color_match", default=False, optional=optional, tooltip=tooltip)
+
+
 class XNeMoPasteBack(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -30,20 +39,13 @@ class XNeMoPasteBack(io.ComfyNode):
                     tooltip="The uncropped reference picture given to X-NeMo Reference "
                     "Condition (one image, or one frame per animated frame).",
                 ),
-                io.Float.Input(
-                    "feather",
-                    default=0.1,
-                    min=0.0,
-                    max=0.5,
-                    step=0.01,
-                    tooltip="Soft-edge width as a fraction of the crop size. Raise it if the crop's edge "
-                    "shows; 0 gives a hard edge. Edges at the picture border are never feathered.",
+                feather_input(
+                    "Soft-edge width as a fraction of the crop size. Raise it if the crop's edge shows; 0 gives a "
+                    "hard edge. Edges at the picture border are never feathered."
                 ),
-                io.Boolean.Input(
-                    "color_match",
-                    default=False,
-                    tooltip="Match the animated crop's colour (mean and spread per channel) to the "
-                    "original inside the crop box. Turn on if the pasted face looks tinted.",
+                color_match_input(
+                    "Match the animated crop's colour (mean and spread per channel) to the original inside the "
+                    "crop box. Turn on if the pasted face looks tinted."
                 ),
             ],
             outputs=[

@@ -12,10 +12,10 @@ from comfy_api.latest import InputImpl, io, ui
 
 from ..xnemo_core.adapters import video_out
 from ..xnemo_core.pure.compose import PasteBack
-from ..xnemo_core.pure.constants import DECODE_CHUNK_SIZE
 from ..xnemo_core.pure.payloads import CropInfo
+from .paste_back import color_match_input, feather_input
 from .types import CATEGORY, XNeMoCrop
-from .vae import MAX_CHUNK
+from .vae import decode_chunk_input, latent_and_vae_inputs
 
 
 class XNeMoSaveVideo(io.ComfyNode):
@@ -30,12 +30,7 @@ class XNeMoSaveVideo(io.ComfyNode):
             "encoded before the next one, so memory stays that of one chunk however long the clip. Replaces "
             "X-NeMo VAE Decode -> Paste Back -> Create Video -> Save Video, with the same frames.",
             inputs=[
-                io.Latent.Input("samples", tooltip="Frames from X-NeMo Sample Animation."),
-                io.Vae.Input(
-                    "vae",
-                    tooltip="The VAE given to X-NeMo Reference Condition (official: the Stable Video "
-                    "Diffusion VAE, from X-NeMo Load VAE).",
-                ),
+                *latent_and_vae_inputs(),
                 io.Float.Input(
                     "fps",
                     default=25.0,
@@ -50,14 +45,9 @@ class XNeMoSaveVideo(io.ComfyNode):
                     default="xnemo/video",
                     tooltip="File name start, relative to ComfyUI's output folder; a counter and .mp4 are added.",
                 ),
-                io.Int.Input(
-                    "decode_chunk_size",
-                    default=DECODE_CHUNK_SIZE,
-                    min=1,
-                    max=MAX_CHUNK,
-                    tooltip="Frames decoded together (official 25), as in X-NeMo VAE Decode: the temporal "
-                    "decoder smooths across a chunk, so other values change the pixels. Memory grows with it, "
-                    "not with the clip.",
+                decode_chunk_input(
+                    "Frames decoded together (official 25), as in X-NeMo VAE Decode: the temporal decoder smooths "
+                    "across a chunk, so other values change the pixels. Memory grows with it, not with the clip."
                 ),
                 io.Audio.Input(
                     "audio",
@@ -76,22 +66,15 @@ class XNeMoSaveVideo(io.ComfyNode):
                     tooltip="The uncropped picture given to X-NeMo Reference Condition (one image, or one "
                     "per frame); the video then has its size.",
                 ),
-                io.Float.Input(
-                    "feather",
-                    default=0.1,
-                    min=0.0,
-                    max=0.5,
-                    step=0.01,
+                feather_input(
+                    "Paste back: soft-edge width as a fraction of the crop size (as in X-NeMo Paste Back). Raise it "
+                    "if the crop's edge shows; 0 gives a hard edge.",
                     optional=True,
-                    tooltip="Paste back: soft-edge width as a fraction of the crop size (as in X-NeMo Paste "
-                    "Back). Raise it if the crop's edge shows; 0 gives a hard edge.",
                 ),
-                io.Boolean.Input(
-                    "color_match",
-                    default=False,
+                color_match_input(
+                    "Paste back: match the crop's colour to the original's inside the crop box (as in X-NeMo Paste "
+                    "Back). Needs every frame's colours first, so the clip is decoded twice.",
                     optional=True,
-                    tooltip="Paste back: match the crop's colour to the original's inside the crop box (as in "
-                    "X-NeMo Paste Back). Needs every frame's colours first, so the clip is decoded twice.",
                 ),
             ],
             outputs=[

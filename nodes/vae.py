@@ -56,6 +56,23 @@ class XNeMoVAELoader(io.ComfyNode):
         return io.NodeOutput(xvae.load_vae_file(folder_paths.get_full_path_or_raise("vae", vae_name)))
 
 
+def latent_and_vae_inputs() -> list:
+    """The LATENT and VAE inputs of the nodes that decode Sample Animation's frames (VAE Decode, Save Video)."""
+    return [
+        io.Latent.Input("samples", tooltip="Frames from X-NeMo Sample Animation."),
+        io.Vae.Input(
+            "vae",
+            tooltip="The VAE given to X-NeMo Reference Condition (official: the Stable Video Diffusion VAE, from "
+            "X-NeMo Load VAE).",
+        ),
+    ]
+
+
+def decode_chunk_input(tooltip: str):
+    """decode_chunk_size: the official fixed chunks (25 frames), the same limits wherever frames are decoded."""
+    return io.Int.Input("decode_chunk_size", default=DECODE_CHUNK_SIZE, min=1, max=MAX_CHUNK, tooltip=tooltip)
+
+
 class XNeMoVAEDecode(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -68,20 +85,11 @@ class XNeMoVAEDecode(io.ComfyNode):
             "(core VAE Decode picks its chunks from free memory, and the temporal decoder mixes frames "
             "within a chunk). Memory is that of one chunk; the progress bar advances per chunk.",
             inputs=[
-                io.Latent.Input("samples", tooltip="Frames from X-NeMo Sample Animation."),
-                io.Vae.Input(
-                    "vae",
-                    tooltip="The VAE given to X-NeMo Reference Condition (official: the Stable Video "
-                    "Diffusion VAE, from X-NeMo Load VAE).",
-                ),
-                io.Int.Input(
-                    "decode_chunk_size",
-                    default=DECODE_CHUNK_SIZE,
-                    min=1,
-                    max=MAX_CHUNK,
-                    tooltip="Frames decoded together (official 25). The temporal decoder smooths across the "
-                    "frames of a chunk, so other values change the pixels; lower it only when a chunk "
-                    "does not fit in memory. No effect on the result with an SD1.5 VAE.",
+                *latent_and_vae_inputs(),
+                decode_chunk_input(
+                    "Frames decoded together (official 25). The temporal decoder smooths across the frames of a "
+                    "chunk, so other values change the pixels; lower it only when a chunk does not fit in memory. No "
+                    "effect on the result with an SD1.5 VAE."
                 ),
             ],
             outputs=[io.Image.Output(display_name="IMAGE", tooltip="Decoded frames.")],
