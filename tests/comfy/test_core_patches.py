@@ -25,8 +25,6 @@ from comfyui_version import __version__ as COMFYUI_VERSION
 from safetensors.torch import load_file, save_file
 
 import nodes as comfy_nodes
-from xnemo_pack.nodes import register_model_folder
-from xnemo_pack.nodes.loader import XNeMoLoader
 from xnemo_pack.nodes.sample import XNeMoSampleAnimation
 from xnemo_pack.xnemo_core.adapters import core_patches, unet_patch
 from xnemo_pack.xnemo_core.adapters import reference_bank as reference
@@ -133,14 +131,6 @@ def lora_dir(tmp_path_factory, loaded):
     )
     folder_paths.add_model_folder_path("loras", str(folder))
     return folder
-
-
-@pytest.fixture(scope="module")
-def loaded(fixture_dir):
-    register_model_folder()
-    folder_paths.add_model_folder_path("x-nemo", str(fixture_dir))
-    names = ("denoising_unet", "reference_unet", "motion_encoder", "temporal_module")
-    return XNeMoLoader.execute(*(f"xnemo_{n}.pth" for n in names), "fp32").args
 
 
 @pytest.fixture(scope="module")

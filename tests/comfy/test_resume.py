@@ -15,14 +15,11 @@ import re
 
 import comfy.model_management
 import comfy.utils
-import folder_paths
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from xnemo_pack.nodes import register_model_folder
-from xnemo_pack.nodes.loader import XNeMoLoader
 from xnemo_pack.nodes.sample import XNeMoSampleAnimation
 from xnemo_pack.xnemo_core.adapters import reference_bank as reference
 from xnemo_pack.xnemo_core.adapters import resume, sampling, unet_patch
@@ -30,16 +27,6 @@ from xnemo_pack.xnemo_core.adapters.sampling import blurred_reference
 
 STEPS = 3
 FRAMES, LENGTH, OVERLAP = 10, 8, 2  # two windows per step
-
-
-@pytest.fixture(scope="module")
-def loaded(fixture_dir):
-    register_model_folder()
-    folder_paths.add_model_folder_path("x-nemo", str(fixture_dir))
-    out = XNeMoLoader.execute(
-        *(f"xnemo_{n}.pth" for n in ("denoising_unet", "reference_unet", "motion_encoder", "temporal_module")), "fp32"
-    )
-    return out.args
 
 
 @pytest.fixture(scope="module")

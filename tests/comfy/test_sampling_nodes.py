@@ -36,16 +36,6 @@ FRAMES, LENGTH, OVERLAP = 10, 8, 2  # two windows per step, small enough for CPU
 
 
 @pytest.fixture(scope="module")
-def loaded(fixture_dir):
-    register_model_folder()
-    folder_paths.add_model_folder_path("x-nemo", str(fixture_dir))
-    out = XNeMoLoader.execute(
-        *(f"xnemo_{n}.pth" for n in ("denoising_unet", "reference_unet", "motion_encoder", "temporal_module")), "fp32"
-    )
-    return out.args
-
-
-@pytest.fixture(scope="module")
 def clip_inputs(loaded, fixture_dir):
     """Conditioning for `frames` frames from the fixture's inputs (no face pipeline: that has its own tests)."""
     inputs = load_file(fixture_dir / "inputs.safetensors")
