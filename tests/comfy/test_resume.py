@@ -119,8 +119,8 @@ def test_changed_inputs_never_resume_and_the_log_names_them(loaded, clip, tmp_pa
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="xnemo"):
             out = render(loaded, clip, store, changed, latent=latent, on_resume=lambda *a: pytest.fail("resumed"))
-        changed = re.search(r"other inputs \(changed: ([^)]*)\)", caplog.text)
-        assert changed and name in changed.group(1).split(", "), caplog.text
+        said = re.search(r"other inputs \(changed: ([^)]*)\)", caplog.text)
+        assert said and name in said.group(1).split(", "), caplog.text
         if name == "seed":
             assert torch.equal(out, full_run(loaded, clip, changed))
     assert checkpoint_step(store) == 1, "the other render's checkpoint stays (bounded) for its own resume"
@@ -156,7 +156,7 @@ def test_damaged_or_foreign_checkpoints_are_refused(loaded, clip, tmp_path, capl
     data = path.read_bytes()
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
-    tensors = load_file(path)
+    tensors = {name: tensor.clone() for name, tensor in load_file(path).items()}  # not views of the file we rewrite
     key, parts = meta["key"], json.loads(meta["parts"])
     x = tensors["latent"]
     short = x[:-1].contiguous()
@@ -201,12 +201,13 @@ def test_samplers_with_state_between_steps_write_no_checkpoint(loaded, clip, tmp
 def test_disk_use_is_bounded(tmp_path):
     store = resume.CheckpointStore(tmp_path, limit=3)
     x = torch.zeros(2, 4, 3, 3)
-    for i in range(5):
-        store.save(f"{i:064x}", {}, 1, 4, x, [0])
+    keys = [f"{i:x}" * 64 for i in range(5)]  # file names hold the key's first 32 hex digits
+    for key in keys:
+        store.save(key, {}, 1, 4, x, [0])
     names = [p.name for p in store.files()]
     assert len(names) == 3
-    assert names[-1] == store.path(f"{4:064x}").name, "the newest stays"
-    assert not store.path(f"{0:064x}").exists(), "the oldest goes"
+    assert names[-1] == store.path(keys[4]).name, "the newest stays"
+    assert not store.path(keys[0]).exists(), "the oldest goes"
     assert list(tmp_path.glob("*.tmp")) == []
 
 

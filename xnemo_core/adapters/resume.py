@@ -71,6 +71,10 @@ class _Digest:
     def __init__(self):
         self.h = hashlib.sha256()
         self.seen: dict[int, int] = {}
+        # Every object numbered in `seen` is kept alive until the digest is done: the attribute dicts made on the fly
+        # below would otherwise be freed and their ids reused by the next one, which would then read as a
+        # back-reference (a key that changes with memory layout: a cancelled render that never resumes).
+        self.alive: list = []
 
     def put(self, value, depth: int = 0) -> None:
         w = self.h.update
@@ -87,6 +91,7 @@ class _Digest:
             w(f"R:{self.seen[id(value)]};".encode())
             return
         self.seen[id(value)] = len(self.seen)
+        self.alive.append(value)
         if isinstance(value, (list, tuple)):
             w(f"{type(value).__name__}[{len(value)}](".encode())
             for item in value:
@@ -151,7 +156,14 @@ def _put_patcher(d: _Digest, patcher, depth: int) -> None:
     backup = getattr(patcher, "backup", {}) or {}
     weights = {}
     for name, tensor in patcher.model.state_dict().items():
-        weights[name] = backup[name].weight if name in backup else tensor
+        if name.startswith("model_sampling."):
+            # the schedule's buffers: an object patch (X-NeMo's schedule) swaps the module in while the model is
+            # loaded, so they read differently before and after a render; `object_patches` below covers the schedule
+            continue
+        tensor = backup[name].weight if name in backup else tensor
+        # By value in float32: ComfyUI may keep a file's fp16 weights until the first load and convert them to the
+        # compute dtype then (exactly), so the stored dtype of the same weights differs before and after a render.
+        weights[name] = tensor.float() if tensor.is_floating_point() else tensor
     d.put(weights, depth)
     for attr in (
         "patches",
@@ -243,7 +255,9 @@ class CheckpointStore:
             "offsets": json.dumps([int(o) for o in offsets]),
             "latent_sha256": tensor_digest(x),
         }
-        data = safetensors_bytes({"latent": x, "rng": torch.get_rng_state()}, metadata=metadata)
+        rng = torch.get_rng_state()
+        metadata["rng_sha256"] = tensor_digest(rng)
+        data = safetensors_bytes({"latent": x, "rng": rng}, metadata=metadata)
         target = self.path(key)
         temp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
         with open(temp, "wb") as f:
@@ -312,6 +326,8 @@ class CheckpointStore:
             raise ResumeRefused(f"RNG state {tuple(rng.shape)} {rng.dtype} is not torch's")
         if tensor_digest(latent) != meta.get("latent_sha256"):
             raise ResumeRefused("the latent's checksum does not match (damaged file)")
+        if tensor_digest(rng) != meta.get("rng_sha256"):
+            raise ResumeRefused("the RNG state's checksum does not match (damaged file)")
         return Checkpoint(step=step, latent=latent, rng=rng)
 
     def _explain_miss(self, parts: dict) -> None:
