@@ -56,4 +56,32 @@ def profiled(path):
     lines += [
         f"  {e.key:<28} {e.cpu_time_total / 1e3:9.1f} {e.count:6d}  {str(e.input_shapes)[:150]}" for e in shaped[:20]
     ]
+    for scope in ("xnemo:UNet call (all)", "xnemo:reference UNet"):
+        lines += within(prof, scope)
     Path(path).write_text("\n".join(lines) + "\n")
+
+
+def within(prof, scope: str, limit: int = 18) -> list[str]:
+    """The ops under one range (self CPU time by op and input shapes): the step's own table, which the whole call's
+    top ops mix with the motion encoder (3 calls on the official side, 2 on the pack's)."""
+    totals: dict[tuple[str, str], list[float]] = {}
+    for e in prof.events():
+        parent = e.cpu_parent
+        while parent is not None and parent.name != scope:
+            parent = parent.cpu_parent
+        if parent is None or e.name.startswith("xnemo:"):
+            continue
+        key = (e.name, str(e.input_shapes)[:110])
+        row = totals.setdefault(key, [0.0, 0])
+        row[0] += e.self_cpu_time_total
+        row[1] += 1
+    if not totals:
+        return []
+    by_op: dict[str, float] = {}
+    for (name, _), (t, _) in totals.items():
+        by_op[name] = by_op.get(name, 0.0) + t
+    lines = [f"within {scope!r}: self CPU ms by op (all shapes), then the top ops by shape:"]
+    lines += [f"  {n:<40} {t / 1e3:9.1f}" for n, t in sorted(by_op.items(), key=lambda kv: -kv[1])[:12]]
+    top = sorted(totals.items(), key=lambda kv: -kv[1][0])[:limit]
+    lines += [f"  {n:<28} {t / 1e3:9.1f} {c:6d}  {shapes}" for (n, shapes), (t, c) in top]
+    return lines

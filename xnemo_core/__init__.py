@@ -8,6 +8,7 @@ pure/ (torch, numpy, OpenCV; never imports ComfyUI or anything outside pure/)
     payloads        XNEMO_MOTION and XNEMO_CROP payloads passed between nodes
     keys            strict state-dict key checks
     layers          motion cross-attention and temporal attention sites, feed-forward
+    cpu_linear      float32 linear layers on the CPU through oneDNN (AVX-512 on any x86), not the BLAS
     motion_encoder  face crop + f_rts -> 32 x 16 motion tokens
     motion_ops      interpolation, re-timing and strength of motion
     motion_file     XNEMO_MOTION to and from a versioned .safetensors file (Save / Load Motion)

@@ -9,6 +9,7 @@ All weights go through ComfyUI's model management (load, offload, cast); nothing
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -20,6 +21,7 @@ import comfy.supported_models
 import torch
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
+from ..pure import cpu_linear
 from ..pure.errors import CheckpointError
 from ..pure.layers import XNeMoSites
 from ..pure.motion_encoder import MotionEncoder, own_leftovers
@@ -54,7 +56,26 @@ class Precision:
         return self.manual_cast or self.weight
 
     def operations(self):
-        return comfy.ops.manual_cast if self.manual_cast is not None else comfy.ops.disable_weight_init
+        return comfy.ops.manual_cast if self.manual_cast is not None else with_cpu_linear(comfy.ops.disable_weight_init)
+
+
+@functools.cache
+def with_cpu_linear(base):
+    """ComfyUI's `base` operations whose Linear runs float32 CPU inference through oneDNN (`pure/cpu_linear`: the
+    denoising step at the official size spends over half its time in linear layers). Anything ComfyUI does to a
+    layer (weight casts, LoRA weight functions, offloading) keeps ComfyUI's own forward."""
+
+    class Linear(base.Linear):
+        def forward(self, *args, **kwargs):
+            if len(args) == 1 and not kwargs and not self.comfy_cast_weights:
+                if not (self.weight_function or self.bias_function):
+                    comfy.ops.run_every_op()
+                    out = cpu_linear.linear(args[0], self.weight, self.bias)
+                    if out is not None:
+                        return out
+            return super().forward(*args, **kwargs)
+
+    return type(f"XNeMo_{base.__name__}", (base,), {"Linear": Linear, "__doc__": with_cpu_linear.__doc__})
 
 
 def pick_precision(weight_dtype: str, parameters: int) -> Precision:
@@ -100,6 +121,9 @@ def build_denoising_model(unet_sd: dict, shape: ckpt.UNetShape, precision: Preci
     """The plain SD UNet part as a ComfyUI BaseModel (EPS), weights checked key by key."""
     model_config = comfy.supported_models.SD15(shape.comfy_config())
     model_config.set_inference_dtype(precision.weight, precision.manual_cast)
+    picked = comfy.ops.pick_operations(precision.weight, precision.manual_cast, model_config=model_config)
+    if picked is comfy.ops.disable_weight_init:  # not manual cast, fp8 or cuBLAS ops, which ComfyUI keeps choosing
+        model_config.custom_operations = with_cpu_linear(picked)
     model = model_config.get_model({}, "", device=META)
     expected = {k: v.shape for k, v in model.diffusion_model.state_dict().items()}
     assign_weights(model.diffusion_model, ckpt.convert_unet_keys(unet_sd, shape, name, expected))
