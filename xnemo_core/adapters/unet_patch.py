@@ -26,7 +26,7 @@ import comfy.model_patcher
 import comfy.model_sampling
 import comfy.patcher_extension
 import torch
-from comfy.ldm.modules.attention import optimized_attention
+from comfy.ldm.modules.attention import CrossAttention, optimized_attention
 from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock, SpatialTransformer
 
 from ..pure.constants import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS, PATCH_KEY
@@ -273,7 +273,39 @@ def apply_xnemo(
     for moment in (comfy.patcher_extension.CallbacksMP.ON_LOAD, comfy.patcher_extension.CallbacksMP.ON_APPLY_HOOKS):
         model.add_callback_with_key(moment, KEY, note_weights_patched)
     model.add_object_patch("model_sampling", XNeMoModelSampling())
+    for name, module in model.model.diffusion_model.named_modules():
+        if name.endswith(".attn2") and isinstance(module, CrossAttention):
+            model.add_object_patch(f"diffusion_model.{name}.forward", SingleTokenCrossAttention(module))
     return model
+
+
+class SingleTokenCrossAttention:
+    """Object patch of each denoising-UNet `attn2.forward`. X-NeMo's cross-attention context is one token (the CLIP
+    image embedding; zeros for the unconditional rows): a softmax over one key is exactly 1, so every query gets that
+    token's value and the layer's output is `to_out(to_v(context))`, the same for all pixels of a row. It is computed
+    once per row and broadcast, without `to_q` and the attention (official size: 2 of the 20 C x C products per
+    pixel of every SD transformer block). Anything else (more tokens, a mask, another pack's attention override or
+    attn2 output patch) runs ComfyUI's own forward."""
+
+    def __init__(self, attn2: torch.nn.Module):
+        self._attn2 = attn2  # private: the resume key reads the weights from the model itself, not from here
+
+    def __call__(self, x, context=None, value=None, mask=None, transformer_options={}):  # noqa: B006 - ComfyUI's
+        attn2 = self._attn2
+        source = context if value is None else value
+        override = transformer_options.get("optimized_attention_override")
+        if (
+            source is None
+            or source.shape[1] != 1
+            or (context is not None and context.shape[1] != 1)
+            or mask is not None
+            or source.shape[0] not in (1, x.shape[0])
+            or not (override is None or (isinstance(override, ReferenceAttention) and override.previous is None))
+            or transformer_options.get("patches", {}).get("attn2_output_patch")
+        ):
+            return type(attn2).forward(attn2, x, context, value, mask, transformer_options=transformer_options)
+        out = attn2.to_out(attn2.to_v(source))  # [rows or 1, 1, C]
+        return out.expand(x.shape[0], x.shape[1], out.shape[-1])
 
 
 def is_xnemo_model(model: comfy.model_patcher.ModelPatcher) -> bool:
