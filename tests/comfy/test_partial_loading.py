@@ -175,8 +175,15 @@ def run_chain(fixture_dir, inputs, budget: int | None):
 
 
 @pytest.mark.slow
-def test_partial_load_matches_full_load(fixture_dir):
+def test_partial_load_matches_full_load(fixture_dir, monkeypatch):
     from safetensors.torch import load_file
+
+    from xnemo_pack.xnemo_core.pure import cpu_linear
+
+    # One GEMM kernel for both loads: layers cast per call keep ComfyUI's forward (F.linear), so the oneDNN path of
+    # the fully loaded layers (pure/cpu_linear, float32 CPU only) would add a summation-order difference to the
+    # comparison of where the weights are read from.
+    monkeypatch.setattr(cpu_linear, "_OP", None)
 
     inputs = load_file(fixture_dir / "inputs.safetensors")
     full = run_chain(fixture_dir, inputs, None)

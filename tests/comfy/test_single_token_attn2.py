@@ -72,3 +72,16 @@ def test_load_xnemo_patches_every_attn2_of_the_denoising_unet(loaded):
     attn2 = [n for n, m in model.model.diffusion_model.named_modules() if n.endswith(".attn2")]
     patched = [k for k, v in model.object_patches.items() if isinstance(v, unet_patch.SingleTokenCrossAttention)]
     assert attn2 and sorted(patched) == sorted(f"diffusion_model.{n}.forward" for n in attn2)
+
+
+def test_geglu_patch_is_bit_identical_and_covers_every_geglu(loaded):
+    from comfy.ldm.modules.attention import GEGLU
+
+    model = loaded[0]
+    names = [n for n, m in model.model.diffusion_model.named_modules() if isinstance(m, GEGLU)]
+    patches = {k: v for k, v in model.object_patches.items() if isinstance(v, unet_patch.InPlaceGEGLU)}
+    assert names and sorted(patches) == sorted(f"diffusion_model.{n}.forward" for n in names)
+    geglu = model.model.diffusion_model.get_submodule(names[0])
+    x = torch.randn(2, 9, geglu.proj.in_features, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        assert torch.equal(patches[f"diffusion_model.{names[0]}.forward"](x), GEGLU.forward(geglu, x))

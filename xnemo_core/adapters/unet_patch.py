@@ -26,12 +26,12 @@ import comfy.model_patcher
 import comfy.model_sampling
 import comfy.patcher_extension
 import torch
-from comfy.ldm.modules.attention import CrossAttention, optimized_attention
+from comfy.ldm.modules.attention import GEGLU, CrossAttention, optimized_attention
 from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock, SpatialTransformer
 
 from ..pure.constants import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS, PATCH_KEY
 from ..pure.errors import IncompatibleModelError
-from ..pure.layers import XNeMoSite, sdpa_attention
+from ..pure.layers import XNeMoSite, gated_gelu, sdpa_attention
 from . import core_patches
 from .reference_bank import (
     ReferenceAttention,
@@ -276,7 +276,20 @@ def apply_xnemo(
     for name, module in model.model.diffusion_model.named_modules():
         if name.endswith(".attn2") and isinstance(module, CrossAttention):
             model.add_object_patch(f"diffusion_model.{name}.forward", SingleTokenCrossAttention(module))
+        elif isinstance(module, GEGLU):
+            model.add_object_patch(f"diffusion_model.{name}.forward", InPlaceGEGLU(module))
     return model
+
+
+class InPlaceGEGLU:
+    """Object patch of each denoising-UNet GEGLU `forward`: ComfyUI's `x * gelu(gate)` computed by
+    `layers.gated_gelu` (the product written into the GELU's output: bit-identical, one activation buffer fewer)."""
+
+    def __init__(self, geglu: torch.nn.Module):
+        self._geglu = geglu  # private: the resume key reads the weights from the model itself, not from here
+
+    def __call__(self, x):
+        return gated_gelu(self._geglu.proj(x))
 
 
 class SingleTokenCrossAttention:
