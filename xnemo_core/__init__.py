@@ -25,7 +25,7 @@ adapters/ (ComfyUI side: may import pure/ and comfy, never pipeline or nodes)
     face_model      the BlazeFace model file, the device the detector runs on, its memory asked of ComfyUI
     checkpoint      the four official files: safe reading, identification, key mapping
     model           build the denoising MODEL and the XNEMO bundle as ComfyUI models
-    unet_patch      sites injected into ComfyUI's UNet, conditioning routing, X-NeMo schedule
+    unet_patch      sites in ComfyUI's UNet, conditioning routing, X-NeMo schedule, attn2/GEGLU object patches
     reference_bank  the reference bank: class, block key, writer (ReferenceNet pass), reader (attn1 patch + attention
                     override: reference keys/values projected once, CPU SDPA)
     core_patches    other nodes' MODEL patches: reference read around attn1 replace patches, refusals at sampling start

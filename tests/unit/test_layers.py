@@ -102,9 +102,12 @@ def test_sites_follow_the_channel_list():
     assert [s.motion.temporal_transformer.proj_in.in_features for s in sites.sites] == [32, 32, 64]
 
 
-def test_site_hands_the_unet_a_contiguous_tensor():
+def test_site_hands_the_unet_a_contiguous_tensor(monkeypatch):
     """Issue 21: a channels-last site output made every later convolution of the block re-lay its weight out per
-    call. The values are the same as `h + x`."""
+    call. The values are the same as `h + x` (both runs on one GEMM kernel: the oneDNN path is for inference only)."""
+    from xnemo_pack.xnemo_core.pure import cpu_linear
+
+    monkeypatch.setattr(cpu_linear, "_OP", None)
     site = random_site()
     x, tokens = torch.randn(4, 32, 4, 4), torch.randn(4, 32, 16)
     out = site(x, tokens, frames=4)

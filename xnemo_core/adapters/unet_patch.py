@@ -31,7 +31,7 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock, SpatialTran
 
 from ..pure.constants import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS, PATCH_KEY
 from ..pure.errors import IncompatibleModelError
-from ..pure.layers import XNeMoSite, gated_gelu, sdpa_attention
+from ..pure.layers import XNeMoSite, geglu, sdpa_attention
 from . import core_patches
 from .reference_bank import (
     ReferenceAttention,
@@ -277,19 +277,20 @@ def apply_xnemo(
         if name.endswith(".attn2") and isinstance(module, CrossAttention):
             model.add_object_patch(f"diffusion_model.{name}.forward", SingleTokenCrossAttention(module))
         elif isinstance(module, GEGLU):
-            model.add_object_patch(f"diffusion_model.{name}.forward", InPlaceGEGLU(module))
+            model.add_object_patch(f"diffusion_model.{name}.forward", FusedGEGLU(module))
     return model
 
 
-class InPlaceGEGLU:
-    """Object patch of each denoising-UNet GEGLU `forward`: ComfyUI's `x * gelu(gate)` computed by
-    `layers.gated_gelu` (the product written into the GELU's output: bit-identical, one activation buffer fewer)."""
+class FusedGEGLU:
+    """Object patch of each denoising-UNet GEGLU `forward`: ComfyUI's `x * gelu(gate)` computed by `layers.geglu`
+    (on a float32 CPU two oneDNN products with the GELU and the multiply fused; elsewhere the product written into
+    the GELU's output, bit-identical to ComfyUI's). Layers ComfyUI casts or patches per call run ComfyUI's Linear."""
 
-    def __init__(self, geglu: torch.nn.Module):
-        self._geglu = geglu  # private: the resume key reads the weights from the model itself, not from here
+    def __init__(self, module: torch.nn.Module):
+        self._geglu = module  # private: the resume key reads the weights from the model itself, not from here
 
     def __call__(self, x):
-        return gated_gelu(self._geglu.proj(x))
+        return geglu(self._geglu.proj, x)
 
 
 class SingleTokenCrossAttention:

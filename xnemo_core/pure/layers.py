@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from . import cpu_linear
+
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
@@ -115,6 +117,27 @@ def gated_gelu(projected: torch.Tensor) -> torch.Tensor:
     return F.gelu(gate).mul_(value)
 
 
+def plain_weights(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(weight, bias) of a linear layer whose weights nothing rewrites per call, else None. ComfyUI's per-call casts
+    and weight functions (LoRA hooks, low-VRAM patches) are read by attribute name: this room never imports it."""
+    if getattr(layer, "comfy_cast_weights", False) or getattr(layer, "weight_function", None):
+        return None
+    if getattr(layer, "bias_function", None):
+        return None
+    return layer.weight, layer.bias
+
+
+def geglu(proj: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """GEGLU of `x` with the projection layer `proj`: fused on a float32 CPU (`cpu_linear.geglu`), else the layer and
+    `gated_gelu`."""
+    weights = plain_weights(proj)
+    if weights is not None:
+        out = cpu_linear.geglu(x, *weights)
+        if out is not None:
+            return out
+    return gated_gelu(proj(x))
+
+
 class GEGLU(nn.Module):
     """Gated GELU projection (Shazeer 2020): [.., dim] -> [.., hidden]."""
 
@@ -123,7 +146,7 @@ class GEGLU(nn.Module):
         self.proj = operations.Linear(dim, hidden * 2, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return gated_gelu(self.proj(x))
+        return geglu(self.proj, x)
 
 
 class FeedForward(nn.Module):
