@@ -64,9 +64,18 @@ def vae_kind(vae) -> str:
             + CONVERT_HINT
         )
     if downscale != 8 or vae.latent_channels != 4 or getattr(vae, "latent_dim", 2) != 2:
+        # ComfyUI builds unloaded weights with torch.empty: reused memory is not always zeros, so the misread
+        # diffusers file can pass the check above; a plain 4x Decoder gets the hint too.
+        misread = downscale == 4 and type(decoder) is Decoder
         raise IncompatibleModelError(
             f"the VAE downscales {downscale}x into {vae.latent_channels} latent channels; X-NeMo's UNet works on "
             f"8x-downscaled 4-channel image latents: use the Stable Video Diffusion VAE (official) or an SD1.5 VAE"
+            + (
+                ". If this is the diffusers Stable Video Diffusion file (vae/diffusion_pytorch_model.*) loaded with "
+                "core Load VAE, which misreads it as a 4x VAE, " + CONVERT_HINT
+                if misread
+                else ""
+            )
         )
     if unloaded:
         raise IncompatibleModelError(
