@@ -71,16 +71,23 @@ def test_blueprint_is_in_the_node_library(page):  # noqa: F811
 
 
 def test_blueprint_is_added_from_the_node_search(page, artifacts_dir):  # noqa: F811
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     _skip_older_frontends(page)
     before = len(page.console_errors)
     page.wait_for_function(f"() => ({LIBRARY_ENTRY})({json.dumps(NAME)})?.length > 0", timeout=60_000)
     page.evaluate("() => { app.graph.clear(); app.canvas.setDirty(true, true); }")
     page.wait_for_timeout(500)
-    page.mouse.dblclick(900, 500)  # empty canvas: the node search opens
-    page.wait_for_timeout(1000)
-    page.keyboard.type(NAME, delay=20)
-    page.wait_for_timeout(1500)
-    page.keyboard.press("Enter")
+    for attempt in range(3):  # a busy CI machine can miss the first double-click or answer the search late
+        page.mouse.dblclick(900, 500)  # empty canvas: the node search opens
+        page.wait_for_timeout(1000 * (attempt + 1))
+        page.keyboard.type(NAME, delay=20)
+        page.wait_for_timeout(1500 * (attempt + 1))
+        page.keyboard.press("Enter")
+        try:
+            page.wait_for_function("() => app.graph._nodes.length > 0", timeout=10_000)
+            break
+        except PlaywrightTimeout:  # close whatever is open and search again
+            page.keyboard.press("Escape")
     page.wait_for_timeout(2000)
     shots = artifacts_dir / "browser" / page.label
     shots.mkdir(parents=True, exist_ok=True)
