@@ -72,6 +72,7 @@ def test_blueprint_is_in_the_node_library(page):  # noqa: F811
 
 def test_blueprint_is_added_from_the_node_search(page, artifacts_dir):  # noqa: F811
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     _skip_older_frontends(page)
     before = len(page.console_errors)
     page.wait_for_function(f"() => ({LIBRARY_ENTRY})({json.dumps(NAME)})?.length > 0", timeout=60_000)
