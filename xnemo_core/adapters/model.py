@@ -23,7 +23,7 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
 from ..pure import cpu_linear
 from ..pure.errors import CheckpointError
-from ..pure.layers import XNeMoSites
+from ..pure.layers import XNeMoSites, plain_weights
 from ..pure.motion_encoder import MotionEncoder, own_leftovers
 from . import checkpoint as ckpt
 from .unet_patch import apply_xnemo, make_patcher
@@ -67,12 +67,12 @@ def with_cpu_linear(base):
 
     class Linear(base.Linear):
         def forward(self, *args, **kwargs):
-            if len(args) == 1 and not kwargs and not self.comfy_cast_weights:
-                if not (self.weight_function or self.bias_function):
-                    comfy.ops.run_every_op()
-                    out = cpu_linear.linear(args[0], self.weight, self.bias)
-                    if out is not None:
-                        return out
+            weights = plain_weights(self) if len(args) == 1 and not kwargs else None
+            if weights is not None:
+                comfy.ops.run_every_op()
+                out = cpu_linear.linear(args[0], *weights)
+                if out is not None:
+                    return out
             return super().forward(*args, **kwargs)
 
     return type(f"XNeMo_{base.__name__}", (base,), {"Linear": Linear, "__doc__": with_cpu_linear.__doc__})
